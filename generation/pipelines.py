@@ -1,0 +1,113 @@
+"""FLUX.1 [dev] and [schnell] as diffusers pipelines, for text-to-image, img2img and inpainting.
+
+One set of text encoders, tokenizers and VAE (dev's) serves both models: schnell adds only its own
+transformer and scheduler, which is all that differs between the two checkpoints. The img2img and
+inpainting pipelines are views (`from_pipe`) over the same modules, so a LoRA attached to a
+transformer is seen by all three modes of that model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import (
+    FlowMatchEulerDiscreteScheduler,
+    FluxImg2ImgPipeline,
+    FluxInpaintPipeline,
+    FluxPipeline,
+    FluxTransformer2DModel,
+)
+from PIL import Image
+
+from .request import GenerationPlan, Mode
+
+logger = logging.getLogger(__name__)
+
+PIPELINE_CLASSES = {"txt2img": FluxPipeline, "img2img": FluxImg2ImgPipeline, "inpaint": FluxInpaintPipeline}
+
+
+@dataclass
+class PromptEmbeddings:
+    prompt_embeds: torch.Tensor
+    pooled_prompt_embeds: torch.Tensor
+
+
+class FluxModels:
+    """dev and schnell, each usable in the three modes, sharing encoders and VAE."""
+
+    def __init__(self, dev: FluxPipeline, schnell: FluxPipeline, device: torch.device):
+        self.device = device
+        self._pipelines: dict[tuple[str, Mode], FluxPipeline] = {}
+        for model, base in (("dev", dev), ("schnell", schnell)):
+            base.set_progress_bar_config(disable=True)  # we log steps ourselves
+            self._pipelines[(model, "txt2img")] = base
+            for mode in ("img2img", "inpaint"):
+                view = PIPELINE_CLASSES[mode].from_pipe(base)
+                view.set_progress_bar_config(disable=True)
+                self._pipelines[(model, mode)] = view
+
+    @classmethod
+    def load(cls, dev_dir: Path, schnell_dir: Path, device: torch.device, dtype: torch.dtype) -> FluxModels:
+        dev = FluxPipeline.from_pretrained(dev_dir, torch_dtype=dtype, local_files_only=True)
+        schnell = FluxPipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(schnell_dir, subfolder="scheduler"),
+            transformer=FluxTransformer2DModel.from_pretrained(
+                schnell_dir, subfolder="transformer", torch_dtype=dtype, local_files_only=True
+            ),
+            vae=dev.vae,
+            text_encoder=dev.text_encoder,
+            tokenizer=dev.tokenizer,
+            text_encoder_2=dev.text_encoder_2,
+            tokenizer_2=dev.tokenizer_2,
+        )
+        dev.to(device)
+        schnell.to(device)
+        return cls(dev, schnell, device)
+
+    def pipeline(self, model: str, mode: Mode) -> FluxPipeline:
+        return self._pipelines[(model, mode)]
+
+    def transformer(self, model: str) -> FluxTransformer2DModel:
+        return self._pipelines[(model, "txt2img")].transformer
+
+    @torch.inference_mode()
+    def encode_prompt(self, model: str, prompt: str, max_sequence_length: int) -> PromptEmbeddings:
+        """Encode once per prediction; every output reuses it."""
+        prompt_embeds, pooled, _ = self.pipeline(model, "txt2img").encode_prompt(
+            prompt=prompt, prompt_2=None, device=self.device, max_sequence_length=max_sequence_length
+        )
+        return PromptEmbeddings(prompt_embeds, pooled)
+
+    @torch.inference_mode()
+    def denoise(
+        self,
+        plan: GenerationPlan,
+        embeddings: PromptEmbeddings,
+        generator: torch.Generator,
+        image: Image.Image | None = None,
+        mask: Image.Image | None = None,
+        on_step_end: Callable | None = None,
+    ) -> Image.Image:
+        """One output image. Outputs are generated one at a time, each with its own generator, so output
+        i with seed s is bit-identical to output 0 with seed s+i (batched matmuls would round differently)."""
+        kwargs = dict(
+            prompt_embeds=embeddings.prompt_embeds,
+            pooled_prompt_embeds=embeddings.pooled_prompt_embeds,
+            width=plan.width,
+            height=plan.height,
+            num_inference_steps=plan.num_inference_steps,
+            guidance_scale=plan.guidance_scale,
+            generator=generator,
+            max_sequence_length=plan.max_sequence_length,
+            callback_on_step_end=on_step_end,
+            output_type="pil",
+        )
+        if plan.mode != "txt2img":
+            kwargs.update(image=image, strength=plan.strength)
+        if plan.mode == "inpaint":
+            kwargs.update(mask_image=mask)
+        return self.pipeline(plan.model, plan.mode)(**kwargs).images[0]

@@ -1,0 +1,131 @@
+"""The prediction service: loads everything once, then turns requests into image files.
+
+setup() cost is paid here once per process: base weights found (or downloaded), both models and the
+safety models loaded. Each `generate` call then resolves the request, applies LoRAs, denoises each
+output with its own seed, checks safety and writes the files, logging each stage's time.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from PIL import Image
+from weights.download import ensure_weights
+
+from weights.layout import FLUX_DEV, FLUX_SCHNELL, NSFW_CLASSIFIER, SAFETY_CHECKER
+
+from . import images, precision
+from .errors import UserInputError
+from .logs import stage, step_logger
+from .pipelines import FluxModels
+from .request import GenerationPlan, GenerationRequest, plan, steps_that_run
+from .safety import ALL_FLAGGED_MESSAGE, SafetyChecker
+from .seeds import generator_for
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+LORA_UNAVAILABLE = (
+    "LoRA loading is not available yet in this build: run without replicate_weights / extra_lora (and "
+    "without COG_WEIGHTS), or use a build that includes the LoRA loader."
+)
+
+
+class GenerationService:
+    def __init__(self, settings: Settings, models: FluxModels, safety: SafetyChecker):
+        self.settings = settings
+        self.models = models
+        self.safety = safety
+
+    @classmethod
+    def from_env(cls) -> GenerationService:
+        return cls.from_settings(Settings.from_env())
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GenerationService:
+        logger.info("Device %s, dtype %s, weights in %s", settings.device, settings.dtype, settings.weights_dir)
+        with stage("Setup"):
+            with stage("Finding base weights"):
+                folders = ensure_weights(settings.weights_dir)
+            with stage("Loading FLUX.1 [dev] and [schnell]"):
+                models = FluxModels.load(
+                    folders[FLUX_DEV.name], folders[FLUX_SCHNELL.name], settings.device, settings.dtype
+                )
+            with stage("Loading the safety checkers"):
+                safety = SafetyChecker(
+                    folders[SAFETY_CHECKER.name], folders[NSFW_CLASSIFIER.name], settings.device, settings.dtype
+                )
+        return cls(settings, models, safety)
+
+    def generate(self, request: GenerationRequest) -> list[Path]:
+        if request.main_lora or request.extra_lora:
+            raise UserInputError(LORA_UNAVAILABLE)
+        init_image = images.load_image(request.image) if request.image is not None else None
+        resolved = plan(request, init_image.size if init_image else None)
+        self._log_plan(resolved)
+        precision.use_fast_path(request.go_fast, request.aspect_ratio, self.settings.device)
+        generated = self._denoise_all(request, resolved, init_image)
+        kept = self._drop_unsafe(generated, request.disable_safety_checker)
+        with stage("Saving outputs"):
+            return images.save_outputs(kept, request.output_format, request.output_quality, self._fresh_output_dir())
+
+    def _log_plan(self, resolved: GenerationPlan) -> None:
+        logger.info("Using seed: %d", resolved.seed)
+        if resolved.num_outputs > 1:
+            logger.info("Output i uses seed %d + i, so out-i can be regenerated alone", resolved.seed)
+        detail = f", strength {resolved.strength}" if resolved.mode != "txt2img" else ""
+        logger.info(
+            "Mode %s, model %s, %dx%d, %d steps, guidance %s%s, %d output(s)",
+            resolved.mode,
+            resolved.model,
+            resolved.width,
+            resolved.height,
+            resolved.num_inference_steps,
+            resolved.guidance_scale,
+            detail,
+            resolved.num_outputs,
+        )
+
+    def _denoise_all(
+        self, request: GenerationRequest, resolved: GenerationPlan, init_image: Image.Image | None
+    ) -> list[tuple[int, Image.Image]]:
+        size = (resolved.width, resolved.height)
+        image = images.fit_image(init_image, size) if init_image is not None else None
+        mask = images.load_mask(request.mask, size) if resolved.mode == "inpaint" else None
+        with stage("Encoding the prompt"):
+            embeddings = self.models.encode_prompt(resolved.model, request.prompt, resolved.max_sequence_length)
+        steps = steps_that_run(resolved.num_inference_steps, resolved.strength)
+        generated = []
+        for index in range(resolved.num_outputs):
+            name = images.output_name(index, request.output_format)
+            with stage(f"Generating {name}"):
+                generator = generator_for(resolved.seed + index, self.settings.device)
+                output = self.models.denoise(resolved, embeddings, generator, image, mask, step_logger(name, steps))
+            generated.append((index, output))
+        return generated
+
+    def _drop_unsafe(
+        self, generated: list[tuple[int, Image.Image]], disable_safety_checker: bool
+    ) -> list[tuple[int, Image.Image]]:
+        if disable_safety_checker:
+            logger.info("Safety checker disabled")
+            return generated
+        with stage("Safety check"):
+            flags = self.safety.flagged([image for _, image in generated])
+        kept = [pair for pair, flagged in zip(generated, flags, strict=True) if not flagged]
+        for (index, _), flagged in zip(generated, flags, strict=True):
+            if flagged:
+                logger.info("out-%d was flagged as NSFW and is not returned", index)
+        if not kept:
+            raise UserInputError(ALL_FLAGGED_MESSAGE)
+        return kept
+
+    def _fresh_output_dir(self) -> Path:
+        """One folder per process, emptied per prediction: Cog has uploaded the last prediction's files
+        by the time the next one starts, and this keeps a long-running server from filling the disk."""
+        folder = self.settings.output_dir
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        return folder

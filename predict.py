@@ -1,0 +1,171 @@
+"""Cog entry points: the two public input schemas and the glue to `generation`.
+
+`Predictor` is the schema of the hotswap LoRA model pages (21 inputs, with `replicate_weights`);
+`TrainedPredictor` is the schema of a trained-LoRA model page (20 inputs): its main LoRA is the
+model's own trained weights, handed to `setup(weights)` by Cog from `COG_WEIGHTS`. Both schemas must
+match the public pages to the letter, so every name, default, range and description below is part of
+the contract and is checked by tests against `.cog/openapi_schema.json` and the seed pages.
+
+Descriptions and choices are module-level literals because the cog CLI reads this file statically
+(it resolves module constants but not imports) when it writes the OpenAPI schema.
+"""
+
+from typing import Optional
+
+from cog import BasePredictor, Input, Path
+
+from generation.logs import configure_logging
+from generation.request import GenerationRequest, LoraChoice
+from generation.service import GenerationService
+
+PROMPT = (
+    "Prompt for generated image. If you include the `trigger_word` used in the training process you are "
+    "more likely to activate the trained object, style, or concept in the resulting image."
+)
+IMAGE = (
+    "Input image for image to image or inpainting mode. If provided, aspect_ratio, width, and height "
+    "inputs are ignored."
+)
+MASK = "Image mask for image inpainting mode. If provided, aspect_ratio, width, and height inputs are ignored."
+ASPECT_RATIO = (
+    "Aspect ratio for the generated image. If custom is selected, uses height and width below & will run in bf16 mode"
+)
+ASPECT_RATIO_CHOICES = ["1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3", "9:16", "9:21", "custom"]
+HEIGHT = (
+    "Height of generated image. Only works if `aspect_ratio` is set to custom. Will be rounded to nearest "
+    "multiple of 16. Incompatible with fast generation"
+)
+WIDTH = (
+    "Width of generated image. Only works if `aspect_ratio` is set to custom. Will be rounded to nearest "
+    "multiple of 16. Incompatible with fast generation"
+)
+PROMPT_STRENGTH = "Prompt strength when using img2img. 1.0 corresponds to full destruction of information in image"
+MODEL = (
+    "Which model to run inference with. The dev model performs best with around 28 inference steps but "
+    "the schnell model only needs 4 steps."
+)
+MODEL_CHOICES = ["dev", "schnell"]
+NUM_OUTPUTS = "Number of outputs to generate"
+NUM_INFERENCE_STEPS = "Number of denoising steps. More steps can give more detailed images, but take longer."
+GUIDANCE_SCALE = (
+    "Guidance scale for the diffusion process. Lower values can give more realistic images. Good values "
+    "to try are 2, 2.5, 3 and 3.5"
+)
+SEED = "Random seed. Set for reproducible generation"
+OUTPUT_FORMAT = "Format of the output images"
+OUTPUT_FORMAT_CHOICES = ["webp", "jpg", "png"]
+OUTPUT_QUALITY = (
+    "Quality when saving the output images, from 0 to 100. 100 is best quality, 0 is lowest quality. Not "
+    "relevant for .png outputs"
+)
+DISABLE_SAFETY_CHECKER = "Disable safety checker for generated images."
+GO_FAST = (
+    "Run faster predictions with model optimized for speed (currently fp8 quantized); disable to run in original bf16"
+)
+MEGAPIXELS = "Approximate number of megapixels for generated image"
+MEGAPIXELS_CHOICES = ["1", "0.25"]
+LORA_WEIGHTS = (
+    "Load LoRA weights. Supports Replicate models in the format <owner>/<username> or "
+    "<owner>/<username>/<version>, HuggingFace URLs in the format huggingface.co/<owner>/<model-name>, "
+    "CivitAI URLs in the format civitai.com/models/<id>[/<model-name>], or arbitrary .safetensors URLs "
+    "from the Internet. For example, 'fofr/flux-pixar-cars'"
+)
+LORA_SCALE = (
+    "Determines how strongly the main LoRA should be applied. Sane results between 0 and 1 for base "
+    "inference. For go_fast we apply a 1.5x multiplier to this value; we've generally seen good "
+    "performance when scaling the base value by that amount. You may still need to experiment to find "
+    "the best value for your particular lora."
+)
+EXTRA_LORA_SCALE = (
+    "Determines how strongly the extra LoRA should be applied. Sane results between 0 and 1 for base "
+    "inference. For go_fast we apply a 1.5x multiplier to this value; we've generally seen good "
+    "performance when scaling the base value by that amount. You may still need to experiment to find "
+    "the best value for your particular lora."
+)
+
+
+class Predictor(BasePredictor):
+    """FLUX.1 [dev]/[schnell] with a LoRA chosen per request (`replicate_weights`) and an extra LoRA."""
+
+    def setup(self, weights: Optional[str] = None) -> None:
+        configure_logging()
+        # Cog passes COG_WEIGHTS as a raw string; it is the default main LoRA when a request names none.
+        self.default_lora = str(weights) if weights else None
+        self.service = GenerationService.from_env()
+
+    def predict(
+        self,
+        prompt: str = Input(description=PROMPT),
+        image: Optional[Path] = Input(description=IMAGE, default=None),
+        mask: Optional[Path] = Input(description=MASK, default=None),
+        aspect_ratio: str = Input(description=ASPECT_RATIO, choices=ASPECT_RATIO_CHOICES, default="1:1"),
+        height: Optional[int] = Input(description=HEIGHT, ge=256, le=1440, default=None),
+        width: Optional[int] = Input(description=WIDTH, ge=256, le=1440, default=None),
+        prompt_strength: float = Input(description=PROMPT_STRENGTH, ge=0.0, le=1.0, default=0.8),
+        model: str = Input(description=MODEL, choices=MODEL_CHOICES, default="dev"),
+        num_outputs: int = Input(description=NUM_OUTPUTS, ge=1, le=4, default=1),
+        num_inference_steps: int = Input(description=NUM_INFERENCE_STEPS, ge=1, le=50, default=28),
+        guidance_scale: float = Input(description=GUIDANCE_SCALE, ge=0, le=10, default=3),
+        seed: Optional[int] = Input(description=SEED, default=None),
+        output_format: str = Input(description=OUTPUT_FORMAT, choices=OUTPUT_FORMAT_CHOICES, default="webp"),
+        output_quality: int = Input(description=OUTPUT_QUALITY, ge=0, le=100, default=80),
+        disable_safety_checker: bool = Input(description=DISABLE_SAFETY_CHECKER, default=False),
+        go_fast: bool = Input(description=GO_FAST, default=False),
+        megapixels: str = Input(description=MEGAPIXELS, choices=MEGAPIXELS_CHOICES, default="1"),
+        replicate_weights: Optional[str] = Input(description=LORA_WEIGHTS, default=None),
+        lora_scale: float = Input(description=LORA_SCALE, ge=-1, le=3, default=1.0),
+        extra_lora: Optional[str] = Input(description=LORA_WEIGHTS, default=None),
+        extra_lora_scale: float = Input(description=EXTRA_LORA_SCALE, ge=-1, le=3, default=1.0),
+    ) -> list[Path]:
+        main_lora = replicate_weights or self.default_lora
+        return self._generate(**_request_fields(locals()), main_lora=main_lora)
+
+    def _generate(
+        self,
+        *,
+        main_lora: Optional[str],
+        lora_scale: float,
+        extra_lora: Optional[str],
+        extra_lora_scale: float,
+        **fields,
+    ) -> list[Path]:
+        request = GenerationRequest(
+            **fields,
+            main_lora=LoraChoice.of(main_lora, lora_scale),
+            extra_lora=LoraChoice.of(extra_lora, extra_lora_scale),
+        )
+        return [Path(p) for p in self.service.generate(request)]
+
+
+class TrainedPredictor(Predictor):
+    """The schema of a trained-LoRA model: its own LoRA (`setup(weights)`) is always the main LoRA."""
+
+    def predict(
+        self,
+        prompt: str = Input(description=PROMPT),
+        image: Optional[Path] = Input(description=IMAGE, default=None),
+        mask: Optional[Path] = Input(description=MASK, default=None),
+        aspect_ratio: str = Input(description=ASPECT_RATIO, choices=ASPECT_RATIO_CHOICES, default="1:1"),
+        height: Optional[int] = Input(description=HEIGHT, ge=256, le=1440, default=None),
+        width: Optional[int] = Input(description=WIDTH, ge=256, le=1440, default=None),
+        prompt_strength: float = Input(description=PROMPT_STRENGTH, ge=0.0, le=1.0, default=0.8),
+        model: str = Input(description=MODEL, choices=MODEL_CHOICES, default="dev"),
+        num_outputs: int = Input(description=NUM_OUTPUTS, ge=1, le=4, default=1),
+        num_inference_steps: int = Input(description=NUM_INFERENCE_STEPS, ge=1, le=50, default=28),
+        guidance_scale: float = Input(description=GUIDANCE_SCALE, ge=0, le=10, default=3),
+        seed: Optional[int] = Input(description=SEED, default=None),
+        output_format: str = Input(description=OUTPUT_FORMAT, choices=OUTPUT_FORMAT_CHOICES, default="webp"),
+        output_quality: int = Input(description=OUTPUT_QUALITY, ge=0, le=100, default=80),
+        disable_safety_checker: bool = Input(description=DISABLE_SAFETY_CHECKER, default=False),
+        go_fast: bool = Input(description=GO_FAST, default=False),
+        megapixels: str = Input(description=MEGAPIXELS, choices=MEGAPIXELS_CHOICES, default="1"),
+        lora_scale: float = Input(description=LORA_SCALE, ge=-1, le=3, default=1.0),
+        extra_lora: Optional[str] = Input(description=LORA_WEIGHTS, default=None),
+        extra_lora_scale: float = Input(description=EXTRA_LORA_SCALE, ge=-1, le=3, default=1.0),
+    ) -> list[Path]:
+        return self._generate(**_request_fields(locals()), main_lora=self.default_lora)
+
+
+def _request_fields(arguments: dict) -> dict:
+    """The predict() arguments that map one-to-one onto GenerationRequest fields."""
+    return {k: v for k, v in arguments.items() if k not in ("self", "replicate_weights", "__class__")}

@@ -1,0 +1,33 @@
+"""Small helpers shared by tests: run a request and read its files back before the next one replaces them."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from generation.request import GenerationRequest
+
+
+@dataclass(frozen=True)
+class Output:
+    name: str
+    data: bytes
+
+    @property
+    def image(self) -> Image.Image:
+        return Image.open(io.BytesIO(self.data))
+
+
+def generate(service, **fields) -> list[Output]:
+    fields.setdefault("prompt", "a photo of TOK")
+    fields.setdefault("num_inference_steps", 2)
+    paths = service.generate(GenerationRequest(**fields))
+    return [Output(Path(p).name, Path(p).read_bytes()) for p in paths]
+
+
+def solid_image(path: Path, size: tuple[int, int], color=(200, 40, 40)) -> Path:
+    Image.new("RGB", size, color).save(path)
+    return path
