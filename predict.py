@@ -117,8 +117,7 @@ class Predictor(BasePredictor):
         extra_lora: Optional[str] = Input(description=LORA_WEIGHTS, default=None),
         extra_lora_scale: float = Input(description=EXTRA_LORA_SCALE, ge=-1, le=3, default=1.0),
     ) -> list[Path]:
-        main_lora = replicate_weights or self.default_lora
-        return self._generate(**_request_fields(locals()), main_lora=main_lora)
+        return self._generate(**_request_fields(locals()), main_lora=replicate_weights or self.default_lora)
 
     def _generate(
         self,

@@ -137,9 +137,12 @@ def test_inpainting_black_keeps_and_white_repaints(service, tmp_path):
     image = solid_image(tmp_path / "in.png", (128, 64), (30, 120, 200))
     black = solid_image(tmp_path / "black.png", (128, 64), (0, 0, 0))
     white = solid_image(tmp_path / "white.png", (128, 64), (255, 255, 255))
-    # All black keeps every latent: the seed cannot matter. All white repaints: it must.
-    assert np.array_equal(_inpaint(service, image, black, 1), _inpaint(service, image, black, 2))
-    assert not np.array_equal(_inpaint(service, image, white, 1), _inpaint(service, image, white, 2))
+    # All black keeps every latent, so the seed cannot matter (up to the VAE posterior's 3e-7 std, which
+    # may flip a rounding); all white repaints everything, so it must.
+    kept = np.abs(_inpaint(service, image, black, 1) - _inpaint(service, image, black, 2))
+    repainted = np.abs(_inpaint(service, image, white, 1) - _inpaint(service, image, white, 2))
+    assert kept.max() <= 1 and kept.mean() < 0.01, (kept.max(), kept.mean())
+    assert repainted.mean() > 10, repainted.mean()
 
 
 def test_inpainting_mask_is_resized_to_the_image(service, tmp_path):
