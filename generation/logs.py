@@ -34,6 +34,20 @@ def configure_logging(level: int = logging.INFO) -> None:
     root.setLevel(logging.WARNING)
     for name in ("generation", "weights", "lora_loader", "predict", "__main__"):
         logging.getLogger(name).setLevel(level)
+    _quiet_libraries()
+
+
+def _quiet_libraries() -> None:
+    """Loading bars and per-request INFO lines from libraries would bury the lines users need."""
+    import diffusers.utils.logging as diffusers_logging
+    import huggingface_hub.utils as hub_utils
+    import transformers.utils.logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    hub_utils.disable_progress_bars()
+    for name in ("httpx", "httpx2", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @contextmanager

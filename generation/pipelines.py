@@ -2,7 +2,7 @@
 
 One set of text encoders, tokenizers and VAE (dev's) serves both models: schnell adds only its own
 transformer and scheduler, which is all that differs between the two checkpoints. The img2img and
-inpainting pipelines are views (`from_pipe`) over the same modules, so a LoRA attached to a
+inpainting pipelines are views over the same module objects, so a LoRA attached to a
 transformer is seen by all three modes of that model.
 """
 
@@ -46,17 +46,18 @@ class FluxModels:
             base.set_progress_bar_config(disable=True)  # we log steps ourselves
             self._pipelines[(model, "txt2img")] = base
             for mode in ("img2img", "inpaint"):
-                view = PIPELINE_CLASSES[mode].from_pipe(base)
+                # The constructor shares the modules as from_pipe does, without its dtype cast (and warnings).
+                view = PIPELINE_CLASSES[mode](**base.components)
                 view.set_progress_bar_config(disable=True)
                 self._pipelines[(model, mode)] = view
 
     @classmethod
     def load(cls, dev_dir: Path, schnell_dir: Path, device: torch.device, dtype: torch.dtype) -> FluxModels:
-        dev = FluxPipeline.from_pretrained(dev_dir, torch_dtype=dtype, local_files_only=True)
+        dev = FluxPipeline.from_pretrained(dev_dir, dtype=dtype, local_files_only=True)
         schnell = FluxPipeline(
             scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(schnell_dir, subfolder="scheduler"),
             transformer=FluxTransformer2DModel.from_pretrained(
-                schnell_dir, subfolder="transformer", torch_dtype=dtype, local_files_only=True
+                schnell_dir, subfolder="transformer", dtype=dtype, local_files_only=True
             ),
             vae=dev.vae,
             text_encoder=dev.text_encoder,
@@ -64,8 +65,9 @@ class FluxModels:
             text_encoder_2=dev.text_encoder_2,
             tokenizer_2=dev.tokenizer_2,
         )
-        dev.to(device)
-        schnell.to(device)
+        if device.type != "cpu":  # from_pretrained already put them on the CPU
+            dev.to(device)
+            schnell.to(device)
         return cls(dev, schnell, device)
 
     def pipeline(self, model: str, mode: Mode) -> FluxPipeline:

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from PIL import Image
-from transformers import AutoImageProcessor, AutoModelForImageClassification, CLIPImageProcessor
+# The PIL processors: the same preprocessing as the real repos' configs, without needing torchvision.
+from transformers import AutoModelForImageClassification, CLIPImageProcessorPil, ViTImageProcessorPil
 
 logger = logging.getLogger(__name__)
 
@@ -24,10 +25,10 @@ class SafetyChecker:
     def __init__(self, checker_dir: Path, classifier_dir: Path, device: torch.device, dtype: torch.dtype):
         self.device = device
         self.dtype = dtype
-        self.checker = StableDiffusionSafetyChecker.from_pretrained(checker_dir, torch_dtype=dtype).to(device)
-        self.checker_processor = CLIPImageProcessor.from_pretrained(checker_dir)
+        self.checker = StableDiffusionSafetyChecker.from_pretrained(checker_dir, dtype=dtype).to(device)
+        self.checker_processor = CLIPImageProcessorPil.from_pretrained(checker_dir)
         self.classifier = AutoModelForImageClassification.from_pretrained(classifier_dir).to(device)
-        self.classifier_processor = AutoImageProcessor.from_pretrained(classifier_dir)
+        self.classifier_processor = ViTImageProcessorPil.from_pretrained(classifier_dir)
 
     @torch.inference_mode()
     def flagged(self, images: list[Image.Image]) -> list[bool]:

@@ -58,6 +58,7 @@ from pathlib import Path
 import numpy as np
 import sentencepiece
 import torch
+import transformers
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from PIL import Image
@@ -144,6 +145,7 @@ VIT_PATCH = 16
 NEVER = 2.0  # a concept weight no cosine can exceed
 CLS_OFFSET = 0.5  # the CLIP image embedding's constant component: sets how steeply the cosine follows b
 NSFW_LOGIT_SCALE = 10.0
+VAE_LOGVAR = -30.0  # diffusers clamps log-variance to [-30, 20]; -30 gives a std of 3e-7
 TIE_MARGIN = 1e-4  # how far above the threshold the boundary sits, so that ties reliably count as "not above"
 
 
@@ -157,8 +159,6 @@ def write_tiny_weights(
     write_safety_checker(root / SAFETY_CHECKER.name, safety_threshold)
     write_nsfw_classifier(root / NSFW_CLASSIFIER.name, nsfw_threshold)
 
-
-VAE_LOGVAR = -30.0  # diffusers clamps log-variance to [-30, 20]; -30 gives a std of 3e-7
 
 
 def mean_brightness(image: Image.Image) -> float:
@@ -527,6 +527,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    transformers.utils.logging.disable_progress_bar()  # "Writing model shards" bars for 1 MB files are noise
     start = time.perf_counter()
     write_tiny_weights(args.dir, safety_threshold=args.safety_threshold, nsfw_threshold=args.nsfw_threshold)
     print(f"Wrote tiny weights to {args.dir} in {time.perf_counter() - start:.1f}s")

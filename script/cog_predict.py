@@ -26,8 +26,9 @@ import httpx
 import jsonschema
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(REPO_ROOT / "script"))
+SCRIPT_DIR = REPO_ROOT / "script"
+# The repo root first, so `predict` is the predictor module; script/ only for the schema builder.
+sys.path[:] = [str(REPO_ROOT), *(p for p in sys.path if Path(p or ".").resolve() != SCRIPT_DIR), str(SCRIPT_DIR)]
 
 from openapi_schema import build_schema, default_target  # noqa: E402
 
