@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from PIL import Image
+
 # The PIL processors: the same preprocessing as the real repos' configs, without needing torchvision.
 from transformers import AutoModelForImageClassification, CLIPImageProcessorPil, ViTImageProcessorPil
 

@@ -320,3 +320,15 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def test_large_files_log_their_progress_by_tenths(hub: FakeHub, weights_dir: Path, caplog, monkeypatch) -> None:
+    monkeypatch.setattr("weights.download.PROGRESS_LINES_ABOVE_BYTES", 32 * 1024)  # the 64 KiB transformer
+    caplog.set_level(logging.INFO, logger="weights.download")
+
+    ensure_weights(weights_dir, [FLUX_SCHNELL], token=GOOD_TOKEN, endpoint=hub.endpoint)
+
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("  ")]
+    percents = [int(line.split(": ")[1].split("%")[0]) for line in progress]
+    assert percents and percents[-1] == 100, progress
+    assert percents == sorted(set(percents)) and len(percents) <= 10

@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_WEIGHTS_DIR = "./model-cache"
 DEFAULT_ENDPOINT = "https://huggingface.co"
+PROGRESS_LINES_ABOVE_BYTES = 64 * 1024 * 1024  # smaller files get only their completion line
 STAGING_DIR = ".incomplete"  # under WEIGHTS_DIR; never a folder name of the layout
 HF_METADATA_DIR = ".cache"  # what hf_hub_download keeps inside a local_dir to resume and skip files
 TOKENS_PAGE = "https://huggingface.co/settings/tokens"
@@ -191,7 +192,7 @@ class _FolderDownload:
             local_dir=self.staging,
             token=self._token_arg,
             endpoint=self.endpoint,
-            tqdm_class=_SilentProgress,
+            tqdm_class=_LoggedProgress,
         )
         self._check_size(local, file)
         self.completed += 1
@@ -235,12 +236,33 @@ class _FolderDownload:
         return f"WEIGHTS_DIR/{self.folder.name} ({self.target})"
 
 
-class _SilentProgress(hf_tqdm):
-    """huggingface_hub's own progress bar class, always disabled: Cog logs are lines, not a terminal."""
+class _LoggedProgress(hf_tqdm):
+    """huggingface_hub's progress bar turned into log lines, a line per tenth of a large file: Cog logs are
+    lines, not a terminal, and a 10 GB shard must not look like a hang."""
 
     def __init__(self, *args, **kwargs) -> None:
+        self._label = kwargs.get("desc") or "download"
+        self._total = kwargs.get("total") or 0
+        self._done = 0
+        self._next_tenth = 1
+        self._started = time.monotonic()
         kwargs["disable"] = True
         super().__init__(*args, **kwargs)
+
+    def update(self, n: float | None = 1) -> bool | None:
+        self._done += n or 0
+        if self._total >= PROGRESS_LINES_ABOVE_BYTES and self._done * 10 >= self._next_tenth * self._total:
+            elapsed = max(time.monotonic() - self._started, 1e-6)
+            logger.info(
+                "  %s: %d%% (%s of %s, %.0f MB/s)",
+                self._label,
+                100 * self._done // self._total,
+                format_size(self._done),
+                format_size(self._total),
+                self._done / elapsed / 1e6,
+            )
+            self._next_tenth = 10 * self._done // self._total + 1
+        return super().update(n)
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

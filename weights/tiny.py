@@ -160,7 +160,6 @@ def write_tiny_weights(
     write_nsfw_classifier(root / NSFW_CLASSIFIER.name, nsfw_threshold)
 
 
-
 def mean_brightness(image: Image.Image) -> float:
     """The statistic the tiny safety models judge, for a square image (for others they see a resized crop)."""
     return float(np.asarray(image.convert("RGB"), dtype=np.float64).mean() / 255.0)
