@@ -7,7 +7,9 @@ match the public pages to the letter, so every name, default, range and descript
 the contract and is checked by tests against `.cog/openapi_schema.json` and the seed pages.
 
 Descriptions and choices are module-level literals because the cog CLI reads this file statically
-(it resolves module constants but not imports) when it writes the OpenAPI schema.
+(it resolves module constants but not imports) when it writes the OpenAPI schema. For the same reason
+each class spells out its own `predict` signature: the two differ only by `replicate_weights`, and a
+shared decorator or generated signature would be invisible to that static reader.
 """
 
 from typing import Optional
