@@ -11,17 +11,36 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import UserInputError
 
 PIL_FORMATS = {"webp": "WEBP", "jpg": "JPEG", "png": "PNG"}
+# Inputs are scaled down to 1440x1440 anyway; these caps only stop files that would exhaust memory
+# (a 200 MP phone photo still fits, a decompression bomb does not).
+MAX_INPUT_PIXELS = 200_000_000
+MAX_INPUT_BYTES = 100 * 1024 * 1024
 
 
 def load_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
     """An RGB image, EXIF rotation applied (phone photos are often stored sideways)."""
+    size = os.path.getsize(path)
+    if size > MAX_INPUT_BYTES:
+        raise UserInputError(f"The {what} is {size / 2**20:.0f} MB; the limit is {MAX_INPUT_BYTES // 2**20} MB.")
     try:
         with Image.open(path) as opened:
+            _check_pixels(opened, what)  # before decoding: open() reads only the header
             return ImageOps.exif_transpose(opened).convert("RGB")
+    except Image.DecompressionBombError as error:
+        raise UserInputError(f"The {what} decodes to too many pixels ({error}).") from error
     except (UnidentifiedImageError, OSError) as error:
         raise UserInputError(
             f"The {what} could not be read as an image ({error.__class__.__name__}). Send a PNG, JPEG or WebP file."
         ) from error
+
+
+def _check_pixels(image: Image.Image, what: str) -> None:
+    width, height = image.size
+    if width * height > MAX_INPUT_PIXELS:
+        raise UserInputError(
+            f"The {what} is {width}x{height} ({width * height / 1e6:.0f} MP); the limit is "
+            f"{MAX_INPUT_PIXELS / 1e6:.0f} MP. Send a smaller image: it is scaled to fit 1440x1440 anyway."
+        )
 
 
 def load_mask(path: str | os.PathLike, size: tuple[int, int]) -> Image.Image:

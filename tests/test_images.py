@@ -1,0 +1,56 @@
+"""Input images: formats, orientation, and the caps that keep hostile files from exhausting memory."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from generation import images
+from generation.errors import UserInputError
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    image = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": phones store portraits this way
+    image.save(tmp_path / "phone.jpg", exif=exif)
+    assert images.load_image(tmp_path / "phone.jpg").size == (20, 40)
+
+
+def test_modes_are_converted_to_rgb(tmp_path):
+    Image.new("RGBA", (8, 8), (1, 2, 3, 0)).save(tmp_path / "alpha.png")
+    Image.new("L", (8, 8), 7).save(tmp_path / "gray.webp")
+    assert images.load_image(tmp_path / "alpha.png").mode == "RGB"
+    assert images.load_image(tmp_path / "gray.webp").mode == "RGB"
+
+
+def test_a_decompression_bomb_is_refused_before_decoding(tmp_path, monkeypatch):
+    # A one-color PNG compresses to almost nothing yet decodes to width x height pixels; with the cap
+    # lowered, a 200x200 one stands in for a real bomb (the check reads only the header).
+    monkeypatch.setattr(images, "MAX_INPUT_PIXELS", 10_000)
+    Image.new("L", (200, 200)).save(tmp_path / "bomb.png")
+    with pytest.raises(UserInputError, match=r"200x200 \(0 MP\); the limit is 0 MP"):
+        images.load_image(tmp_path / "bomb.png")
+
+
+def test_oversized_files_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(images, "MAX_INPUT_BYTES", 100)
+    Image.new("RGB", (64, 64)).save(tmp_path / "big.png", compress_level=0)
+    with pytest.raises(UserInputError, match="the limit is 0 MB"):
+        images.load_image(tmp_path / "big.png")
+
+
+@pytest.mark.parametrize("content", [b"", b"<!DOCTYPE html><html>404</html>", b"\x89PNG\r\n\x1a\ntruncated"])
+def test_unreadable_files_get_one_clear_message(tmp_path, content):
+    (tmp_path / "bad.png").write_bytes(content)
+    with pytest.raises(UserInputError, match="could not be read as an image"):
+        images.load_image(tmp_path / "bad.png", what="image")
+
+
+def test_mask_is_grayscale_at_the_output_size_with_hard_edges(tmp_path):
+    mask = Image.new("RGB", (4, 2), (0, 0, 0))
+    mask.paste((255, 255, 255), (2, 0, 4, 2))
+    mask.save(tmp_path / "mask.png")
+    loaded = images.load_mask(tmp_path / "mask.png", (64, 32))
+    assert loaded.mode == "L" and loaded.size == (64, 32)
+    assert set(loaded.getdata()) == {0, 255}
