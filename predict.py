@@ -94,6 +94,8 @@ class Predictor(BasePredictor):
         # Cog passes COG_WEIGHTS as a raw string; it is the default main LoRA when a request names none.
         self.default_lora = str(weights) if weights else None
         self.service = GenerationService.from_env()
+        if self.default_lora:
+            self.service.loras.preload(self.default_lora)
 
     def predict(
         self,

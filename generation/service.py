@@ -12,13 +12,16 @@ import shutil
 from pathlib import Path
 
 from PIL import Image
-from weights.download import ensure_weights
 
+from lora_loader import LoraFetcher
+from lora_loader.adapters import AdapterManager
+from weights.download import ensure_weights
 from weights.layout import FLUX_DEV, FLUX_SCHNELL, NSFW_CLASSIFIER, SAFETY_CHECKER
 
 from . import images, precision
 from .errors import UserInputError
 from .logs import stage, step_logger
+from .loras import LoraStage
 from .pipelines import FluxModels
 from .request import GenerationPlan, GenerationRequest, plan, steps_that_run
 from .safety import ALL_FLAGGED_MESSAGE, SafetyChecker
@@ -27,24 +30,21 @@ from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
-LORA_UNAVAILABLE = (
-    "LoRA loading is not available yet in this build: run without replicate_weights / extra_lora (and "
-    "without COG_WEIGHTS), or use a build that includes the LoRA loader."
-)
-
 
 class GenerationService:
-    def __init__(self, settings: Settings, models: FluxModels, safety: SafetyChecker):
+    def __init__(self, settings: Settings, models: FluxModels, safety: SafetyChecker, loras: LoraStage):
         self.settings = settings
         self.models = models
         self.safety = safety
+        self.loras = loras
 
     @classmethod
     def from_env(cls) -> GenerationService:
         return cls.from_settings(Settings.from_env())
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> GenerationService:
+    def from_settings(cls, settings: Settings, fetcher: LoraFetcher | None = None) -> GenerationService:
+        """Load everything; `fetcher` defaults to one configured from the environment (LORA_CACHE_DIR, ...)."""
         logger.info("Device %s, dtype %s, weights in %s", settings.device, settings.dtype, settings.weights_dir)
         with stage("Setup"):
             with stage("Finding base weights"):
@@ -57,15 +57,15 @@ class GenerationService:
                 safety = SafetyChecker(
                     folders[SAFETY_CHECKER.name], folders[NSFW_CLASSIFIER.name], settings.device, settings.dtype
                 )
-        return cls(settings, models, safety)
+        loras = LoraStage(fetcher or LoraFetcher.from_env(), AdapterManager(models))
+        return cls(settings, models, safety, loras)
 
     def generate(self, request: GenerationRequest) -> list[Path]:
-        if request.main_lora or request.extra_lora:
-            raise UserInputError(LORA_UNAVAILABLE)
         init_image = images.load_image(request.image) if request.image is not None else None
         resolved = plan(request, init_image.size if init_image else None)
         self._log_plan(resolved)
-        precision.use_fast_path(request.go_fast, request.aspect_ratio, self.settings.device)
+        fast_path = precision.use_fast_path(request.go_fast, request.aspect_ratio, self.settings.device)
+        self.loras.apply(request, fast_path)  # before encoding: a LoRA may carry text-encoder layers
         generated = self._denoise_all(request, resolved, init_image)
         kept = self._drop_unsafe(generated, request.disable_safety_checker)
         with stage("Saving outputs"):

@@ -164,13 +164,6 @@ def test_go_fast_on_cpu_runs_the_plain_path_and_says_why(service, caplog):
     assert any("go_fast: fp8 needs a GPU" in r.getMessage() for r in caplog.records)
 
 
-def test_a_lora_request_fails_clearly_until_the_loader_lands(service):
-    from generation.request import LoraChoice
-
-    with pytest.raises(UserInputError, match="LoRA loading is not available yet"):
-        generate(service, main_lora=LoraChoice("fofr/flux-pixar-cars", 1.0))
-
-
 def test_logs_name_seed_size_mode_steps_and_stage_times(service, caplog):
     caplog.set_level("INFO")
     generate(service, seed=77, num_inference_steps=3, megapixels="0.25", aspect_ratio="16:9")

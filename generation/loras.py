@@ -1,0 +1,67 @@
+"""A request's LoRAs onto the model: fetch each source (cached), attach main and extra with their scales,
+and tell the user when the prompt lacks the trigger word a LoRA was trained with."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from lora_loader import LoraFetcher
+from lora_loader.adapters import AdapterManager, LoraSpec
+
+from .logs import stage
+from .request import GenerationRequest, LoraChoice
+
+logger = logging.getLogger(__name__)
+
+# fp8 weakens a LoRA's effect; the schema promises this multiplier on both scales when go_fast runs.
+GO_FAST_LORA_MULTIPLIER = 1.5
+
+
+class LoraStage:
+    def __init__(self, fetcher: LoraFetcher, adapters: AdapterManager):
+        self.fetcher = fetcher
+        self.adapters = adapters
+
+    def apply(self, request: GenerationRequest, fast_path: bool) -> None:
+        """Make `request.model` carry exactly the request's LoRAs. The multiplier follows the path that
+        actually runs: a go_fast request that falls back to bf16 gets the bf16 scales."""
+        if not (request.main_lora or request.extra_lora) and not self.adapters.resident:
+            return
+        with stage("LoRAs"):
+            main = self._spec(request.main_lora, request.prompt)
+            extra = self._spec(request.extra_lora, request.prompt)
+            multiplier = GO_FAST_LORA_MULTIPLIER if fast_path else 1.0
+            self.adapters.apply(request.model, main, extra, multiplier=multiplier)
+
+    def preload(self, source: str, model: str = "dev") -> None:
+        """Download and attach a LoRA ahead of the first request (a trained model's own weights, at setup),
+        so that request only re-scales it and a broken LoRA fails setup instead of every prediction."""
+        with stage(f"Preloading LoRA {source}"):
+            lora = self.fetcher.fetch(source)
+            spec = LoraSpec(key=lora.key, path=lora.path, scale=1.0, source=lora.source)
+            self.adapters.apply(model, spec, None)
+
+    def _spec(self, choice: LoraChoice | None, prompt: str) -> LoraSpec | None:
+        if choice is None:
+            return None
+        lora = self.fetcher.fetch(choice.source)
+        missing = missing_trigger_words(prompt, lora.trigger_words)
+        if missing:
+            logger.info(
+                "LoRA %s was trained with the trigger word %s, which the prompt does not contain; include it "
+                "to activate the trained concept",
+                lora.source,
+                " / ".join(repr(word) for word in missing),
+            )
+        return LoraSpec(key=lora.key, path=lora.path, scale=choice.scale, source=lora.source)
+
+
+def missing_trigger_words(prompt: str, trigger_words: tuple[str, ...]) -> tuple[str, ...]:
+    """The LoRA's trigger words when the prompt contains none of them (case-insensitive, whole words)."""
+    if not trigger_words:
+        return ()
+    for word in trigger_words:
+        if re.search(rf"(?<!\w){re.escape(word)}(?!\w)", prompt, flags=re.IGNORECASE):
+            return ()
+    return trigger_words

@@ -1,0 +1,235 @@
+"""The LoRA disk cache: complete, validated entries only; one download per entry; LRU under a byte cap.
+
+Layout under LORA_CACHE_DIR:
+
+    entries/<key>/lora.safetensors   the validated file
+    entries/<key>/entry.json         sidecar: source (no secrets), size, sha256, trigger words, times
+    locks/<key>.lock                 one writer per entry, across threads and processes (filelock)
+    locks/cache.lock                 held while making room and committing, so totals stay true
+    tmp/<key>/                       the writer's work folder: partial downloads, tar extraction
+
+An entry is built in its tmp folder and renamed into `entries/` in one step, so a reader sees a whole
+entry or none; a partial download never sits where a reader looks. Lookups take no lock: they check
+that the sidecar and the file agree (size, safetensors header) and mark the entry used by touching the
+sidecar, whose mtime is the LRU clock. Writers take the entry lock and look again before downloading,
+so callers that race on one LoRA wait for the first one's download instead of repeating it.
+
+Eviction removes least recently used entries until the new one fits. An entry used in the last
+`in_use_seconds` counts as in use (its caller may still be loading it, in this or another process), as
+does one whose lock someone holds; those are skipped even if the cache then stays over its cap for a
+while, which is logged. A file larger than the whole cap is refused before it is committed. Keys are
+hashes, so no source string, let alone a token, ends up in a file name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from .errors import LoraError
+from .http import format_size, too_big
+from .validate import check_safetensors
+
+logger = logging.getLogger(__name__)
+
+LORA_FILE = "lora.safetensors"
+SIDECAR = "entry.json"
+SIDECAR_FORMAT = 1
+LOCK_TIMEOUT_S = 1800.0  # waiting on another caller's download; flock frees a dead holder's lock at once
+DEFAULT_IN_USE_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    key: str
+    path: Path
+    size: int
+    sha256: str
+    source: str
+    trigger_words: tuple[str, ...]
+    sidecar: dict
+
+
+class LoraCache:
+    def __init__(self, root: Path, max_bytes: int, *, in_use_seconds: float = DEFAULT_IN_USE_SECONDS) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.max_bytes = max_bytes
+        self.in_use_seconds = in_use_seconds
+        self.entries_dir, self.locks_dir, self.tmp_dir = (self.root / n for n in ("entries", "locks", "tmp"))
+        for folder in (self.entries_dir, self.locks_dir, self.tmp_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._remove_abandoned_work()
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def lookup(self, key: str) -> CacheEntry | None:
+        """The complete, valid entry `key`, marked as just used; None when absent or not usable."""
+        entry = self._read(key)
+        if entry is not None:
+            _touch(self.entries_dir / key / SIDECAR)
+        return entry
+
+    def _read(self, key: str) -> CacheEntry | None:
+        folder = self.entries_dir / key
+        try:
+            sidecar = json.loads((folder / SIDECAR).read_text())
+            path = folder / LORA_FILE
+            if sidecar.get("format") != SIDECAR_FORMAT or path.stat().st_size != sidecar["size"]:
+                raise ValueError("the sidecar does not match the file")
+            check_safetensors(path, "the cached file")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as error:  # LoraError is a ValueError
+            if folder.exists():
+                logger.warning("LoRA cache entry %s is unusable (%s); it will be fetched again", key, error)
+            return None
+        return CacheEntry(
+            key=key,
+            path=path,
+            size=sidecar["size"],
+            sha256=sidecar["sha256"],
+            source=sidecar.get("source", ""),
+            trigger_words=tuple(sidecar.get("trigger_words", ())),
+            sidecar=sidecar,
+        )
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    @contextmanager
+    def writing(self, key: str, source: str) -> Iterator[Path]:
+        """Hold `key`'s lock and yield an empty work folder for building it; the folder goes afterwards."""
+        lock = FileLock(self.locks_dir / f"{key}.lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            logger.info("LoRA %s: waiting for another download of it to finish", source)
+            try:
+                lock.acquire(timeout=LOCK_TIMEOUT_S)
+            except Timeout:
+                raise LoraError(
+                    f"Another process has been downloading {source} for over {LOCK_TIMEOUT_S / 60:.0f} minutes. "
+                    "Try again later."
+                ) from None
+        work = self.tmp_dir / key
+        try:
+            shutil.rmtree(work, ignore_errors=True)  # left by a writer that died
+            work.mkdir(parents=True)
+            yield work
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            lock.release()
+
+    def commit(self, key: str, lora_path: Path, sidecar: dict) -> CacheEntry:
+        """Install `lora_path` (in `key`'s work folder, writer lock held) as entry `key`, evicting to fit."""
+        size = lora_path.stat().st_size
+        if size > self.max_bytes:
+            raise too_big(sidecar.get("source", "The LoRA"), size, self.max_bytes)
+        staged = lora_path.parent / f".entry-{uuid.uuid4().hex}"
+        staged.mkdir()
+        os.replace(lora_path, staged / LORA_FILE)
+        sidecar = {"format": SIDECAR_FORMAT, "key": key, **sidecar, "size": size}
+        sidecar.setdefault("fetched_at", datetime.now(UTC).isoformat(timespec="seconds"))
+        (staged / SIDECAR).write_text(json.dumps(sidecar, indent=2, sort_keys=True))
+        with FileLock(self.locks_dir / "cache.lock", timeout=LOCK_TIMEOUT_S):
+            self._make_room(size, keep=key)
+            self._remove_entry(key)  # an unusable leftover under the same key
+            os.replace(staged, self.entries_dir / key)
+        entry = self._read(key)
+        if entry is None:  # pragma: no cover - we just wrote it
+            raise RuntimeError(f"LoRA cache entry {key} vanished right after it was written")
+        return entry
+
+    # -- eviction --------------------------------------------------------------------------------
+
+    def total_bytes(self) -> int:
+        return sum(size for _, size, _ in self._scan())
+
+    def _scan(self) -> list[tuple[str, int, float]]:
+        """(key, size, last used) of every complete entry."""
+        found = []
+        for folder in self.entries_dir.iterdir():
+            try:
+                sidecar_path = folder / SIDECAR
+                size = int(json.loads(sidecar_path.read_text())["size"])
+                found.append((folder.name, size, sidecar_path.stat().st_mtime))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # vanished meanwhile, or unusable: lookup reports and replaces those
+        return found
+
+    def _make_room(self, incoming: int, keep: str) -> None:
+        entries = [e for e in self._scan() if e[0] != keep]
+        total = sum(size for _, size, _ in entries)
+        if total + incoming <= self.max_bytes:
+            return
+        now = time.time()
+        for key, size, last_used in sorted(entries, key=lambda e: e[2]):
+            if now - last_used < self.in_use_seconds or not self._evict(key):
+                continue
+            total -= size
+            logger.info("LoRA cache: evicted %s (%s, unused for %.0fs)", key, format_size(size), now - last_used)
+            if total + incoming <= self.max_bytes:
+                return
+        logger.warning(
+            "LoRA cache: %s in %s exceeds LORA_CACHE_MAX_BYTES (%s) because the rest is in use; it shrinks on "
+            "the next download",
+            format_size(total + incoming),
+            self.root,
+            format_size(self.max_bytes),
+        )
+
+    def _evict(self, key: str) -> bool:
+        """Remove entry `key` unless someone holds its lock (they are replacing or reading it)."""
+        lock = FileLock(self.locks_dir / f"{key}.lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return False
+        try:
+            self._remove_entry(key)
+        finally:
+            lock.release()
+        return True
+
+    def _remove_entry(self, key: str) -> None:
+        # Renamed away first, so a lookup never sees a half-deleted entry.
+        folder = self.entries_dir / key
+        doomed = self.tmp_dir / f".evicted-{key}-{uuid.uuid4().hex}"
+        try:
+            os.replace(folder, doomed)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def _remove_abandoned_work(self) -> None:
+        """Work folders of writers that died; a folder whose lock is held belongs to a live writer."""
+        for folder in self.tmp_dir.iterdir():
+            if folder.name.startswith(".evicted-"):
+                shutil.rmtree(folder, ignore_errors=True)
+                continue
+            lock = FileLock(self.locks_dir / f"{folder.name}.lock")
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                continue
+            try:
+                shutil.rmtree(folder, ignore_errors=True)
+            finally:
+                lock.release()
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:
+        pass  # evicted meanwhile, or a read-only cache: recency is a hint, not a requirement

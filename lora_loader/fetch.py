@@ -1,0 +1,306 @@
+"""LoRA string -> a validated .safetensors file on local disk, cached: the package's front door.
+
+`LoraFetcher.fetch(source)` parses the string (`sources`), looks in the cache (`cache`) and, on a miss,
+takes the entry's lock, looks again, and fetches by kind: Replicate `_weights` tars, Hugging Face via
+huggingface_hub, CivitAI through its API, any URL, data: URIs. The bytes land in the entry's work
+folder; a tar gives up its one .safetensors (`archives`); the file is validated (`validate`), hashed,
+its trigger words collected (`triggers`), and committed as a cache entry. Local files are validated in
+place and not copied.
+
+Cache keys: `<kind>-<hash>` of the source's normalized identity, the endpoint it resolves against, and
+the token scope (a short hash of the token sent, or "anonymous"), so a file fetched with a token is
+never served to a process without that token, while anonymous entries (public files) serve everyone.
+A hit makes no network request at all, even for "latest" sources (a repo's main branch, a CivitAI
+model's newest version): clear the entry to pick up a newer upload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from . import civitai, huggingface
+from .archives import extract_lora, is_tar
+from .cache import DEFAULT_IN_USE_SECONDS, CacheEntry, LoraCache
+from .errors import LoraError
+from .http import HttpStatusError, RetryPolicy, bearer, download, format_size, make_client
+from .netpolicy import AddressPolicy
+from .settings import LoraSettings
+from .sources import (
+    CivitaiModel,
+    CivitaiVersion,
+    DataUri,
+    HttpFile,
+    HuggingFaceFile,
+    LocalPath,
+    ReplicateModel,
+    Source,
+    parse_source,
+)
+from .triggers import from_metadata, from_trainer_config, merge
+from .validate import check_safetensors
+
+logger = logging.getLogger(__name__)
+
+ANONYMOUS = "anonymous"
+
+
+@dataclass(frozen=True)
+class LoraFile:
+    path: Path  # a validated .safetensors file inside the cache (or the local file itself)
+    source: str  # the user's string with secrets removed, for logs
+    key: str  # stable identity (cache key, or content hash for local files); adapters are named by it
+    sha256: str
+    size: int
+    trigger_words: tuple[str, ...]
+
+
+@dataclass
+class _Fetched:
+    """What a kind-specific fetch left in the work folder, before the common checks."""
+
+    payload: Path
+    archive_allowed: bool  # a tar is unpacked; otherwise a tar is an error like any non-safetensors file
+    trigger_words: tuple[str, ...] = ()
+    details: dict = field(default_factory=dict)
+
+
+class LoraFetcher:
+    def __init__(
+        self,
+        cache_dir: Path,
+        max_bytes: int,
+        settings: LoraSettings,
+        *,
+        retry: RetryPolicy | None = None,
+        policy: AddressPolicy | None = None,
+        in_use_seconds: float = DEFAULT_IN_USE_SECONDS,
+    ) -> None:
+        self.settings = settings
+        self.cache = LoraCache(cache_dir, max_bytes, in_use_seconds=in_use_seconds)
+        self.retry = retry or RetryPolicy()
+        self.policy = policy or AddressPolicy(allow_private=settings.allow_private_urls)
+        self._local_hashes: dict[tuple[str, int, int], str] = {}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> LoraFetcher:
+        settings = LoraSettings.from_env(environ)
+        return cls(settings.cache_dir, settings.max_bytes, settings)
+
+    def fetch(self, source: str) -> LoraFile:
+        """The validated LoRA file `source` names; LoraError with advice when it cannot be had."""
+        try:
+            return self._fetch(parse_source(source))
+        except LoraError as error:
+            redacted = self._redact(str(error))
+            if redacted != str(error):
+                raise LoraError(redacted) from error.__cause__
+            raise
+
+    # -- flow ------------------------------------------------------------------------------------
+
+    def _fetch(self, src: Source) -> LoraFile:
+        logger.info("LoRA %s: resolving", src.display)
+        if isinstance(src, LocalPath):
+            local = self._local_file(src)
+            if not is_tar(local):
+                return self._local_lora(src, local)
+            src = LocalPath(local)  # a local tar is unpacked into the cache like a downloaded one
+        scope = self._token_scope(src)
+        key = self._key(src, scope)
+        for candidate in (key, self._key(src, ANONYMOUS)) if scope != ANONYMOUS else (key,):
+            entry = self.cache.lookup(candidate)
+            if entry is not None:
+                logger.info("LoRA %s: cache hit (%s, %s)", src.display, format_size(entry.size), entry.key)
+                return _lora_file(entry)
+        with self.cache.writing(key, src.display) as work:
+            entry = self.cache.lookup(key)
+            if entry is not None:
+                logger.info("LoRA %s: fetched meanwhile by another caller (%s)", src.display, entry.key)
+                return _lora_file(entry)
+            fetched = self._fetch_kind(src, work)
+            entry = self._finish(src, key, scope, fetched, work)
+        logger.info(
+            "LoRA %s: ready (%s, sha256 %s, trigger words: %s)",
+            src.display,
+            format_size(entry.size),
+            entry.sha256[:12],
+            ", ".join(entry.trigger_words) or "none found",
+        )
+        return _lora_file(entry)
+
+    def _fetch_kind(self, src: Source, work: Path) -> _Fetched:
+        if isinstance(src, HuggingFaceFile):
+            return self._fetch_hf(src, work)
+        if isinstance(src, DataUri):
+            payload = work / "payload"
+            payload.write_bytes(src.payload)
+            return _Fetched(payload, archive_allowed=True)
+        if isinstance(src, LocalPath):
+            return _Fetched(src.path, archive_allowed=True)
+        with make_client(self.policy) as client:
+            if isinstance(src, ReplicateModel):
+                return self._fetch_replicate(client, src, work)
+            if isinstance(src, (CivitaiModel, CivitaiVersion)):
+                return self._fetch_civitai(client, src, work)
+            return self._fetch_url(client, src, work)
+
+    def _finish(self, src: Source, key: str, scope: str, fetched: _Fetched, work: Path) -> CacheEntry:
+        lora = work / "lora.safetensors"
+        triggers = fetched.trigger_words
+        if fetched.archive_allowed and is_tar(fetched.payload):
+            unpacked = extract_lora(fetched.payload, lora, self.cache.max_bytes, src.display)
+            logger.info("LoRA %s: using %s from the tar", src.display, unpacked.member)
+            triggers = merge(from_trainer_config(unpacked.config_text or ""), triggers)
+        else:
+            os.replace(fetched.payload, lora)  # always in `work`: only a local tar lives elsewhere
+        info = check_safetensors(lora, src.display)
+        sidecar = {
+            "source": src.display,
+            "kind": src.kind,
+            "sha256": _sha256(lora),
+            "trigger_words": list(merge(triggers, from_metadata(info.metadata))),
+            "authenticated": scope != ANONYMOUS,
+            **{k: v for k, v in fetched.details.items() if v is not None},
+        }
+        return self.cache.commit(key, lora, sidecar)
+
+    # -- kinds -----------------------------------------------------------------------------------
+
+    def _fetch_replicate(self, client: httpx.Client, src: ReplicateModel, work: Path) -> _Fetched:
+        token = self.settings.replicate_token
+        url = src.weights_url(self.settings.replicate_base_url)
+        try:
+            payload = self._download(client, url, work, src.display, bearer(token))
+        except HttpStatusError as error:
+            raise _replicate_error(error, src, token, self.settings.replicate_base_url) from None
+        return _Fetched(payload, archive_allowed=True)
+
+    def _fetch_civitai(self, client: httpx.Client, src: CivitaiModel | CivitaiVersion, work: Path) -> _Fetched:
+        token, base = self.settings.civitai_token, self.settings.civitai_base_url
+        resolve = civitai.resolve_model if isinstance(src, CivitaiModel) else civitai.resolve_version
+        target = resolve(client, src, base, token, self.retry)
+        try:
+            payload = self._download(client, target.url, work, src.display, bearer(token))
+        except HttpStatusError as error:
+            raise civitai.explain_status(error, CivitaiVersion(target.version_id), token) from None
+        return _Fetched(payload, False, target.trigger_words, target.details)
+
+    def _fetch_url(self, client: httpx.Client, src: HttpFile, work: Path) -> _Fetched:
+        try:
+            payload = self._download(client, src.url, work, src.display, {})
+        except HttpStatusError as error:
+            raise _url_error(error, src) from None
+        return _Fetched(payload, archive_allowed=src.archive)
+
+    def _fetch_hf(self, src: HuggingFaceFile, work: Path) -> _Fetched:
+        got = huggingface.download(src, work, endpoint=self.settings.hf_endpoint, token=self.settings.hf_token)
+        return _Fetched(got.path, False, got.trigger_words, {"hf_file": got.filename})
+
+    def _download(self, client: httpx.Client, url: str, work: Path, what: str, headers: dict[str, str]) -> Path:
+        dest = work / "download.part"
+        download(
+            client, url, dest, headers=headers, what=f"LoRA {what}", max_bytes=self.cache.max_bytes, retry=self.retry
+        )
+        return dest
+
+    # -- local files -----------------------------------------------------------------------------
+
+    def _local_file(self, src: LocalPath) -> Path:
+        path = src.path.expanduser().absolute()
+        if path.is_dir():
+            files = [p.relative_to(path).as_posix() for p in sorted(path.rglob("*")) if p.is_file()]
+            chosen, candidates = huggingface.choose_lora(files)
+            if chosen is None:
+                raise huggingface.ambiguity_error(f"The folder {path}", candidates, files, f"{path}/{{file}}")
+            return path / chosen
+        if not path.is_file():
+            raise LoraError(f"There is no file or folder at {path}. Check the path (relative paths start with ./).")
+        return path
+
+    def _local_lora(self, src: LocalPath, path: Path) -> LoraFile:
+        info = check_safetensors(path, str(path))
+        stat = path.stat()
+        memo = (str(path), stat.st_size, stat.st_mtime_ns)
+        if memo not in self._local_hashes:
+            self._local_hashes[memo] = _sha256(path)
+        sha = self._local_hashes[memo]
+        return LoraFile(path, src.display, f"local-{sha[:24]}", sha, stat.st_size, from_metadata(info.metadata))
+
+    # -- keys and secrets --------------------------------------------------------------------------
+
+    def _token_scope(self, src: Source) -> str:
+        token = {
+            ReplicateModel: self.settings.replicate_token,
+            HuggingFaceFile: self.settings.hf_token,
+            CivitaiModel: self.settings.civitai_token,
+            CivitaiVersion: self.settings.civitai_token,
+        }.get(type(src))
+        return f"token-{hashlib.sha256(token.encode()).hexdigest()[:16]}" if token else ANONYMOUS
+
+    def _key(self, src: Source, scope: str) -> str:
+        endpoint = {
+            "replicate": self.settings.replicate_base_url,
+            "hf": self.settings.hf_endpoint,
+            "civitai": self.settings.civitai_base_url,
+        }.get(src.kind, "")
+        identity = src.identity
+        if isinstance(src, LocalPath):  # a changed file is a new entry
+            stat = src.path.stat()
+            identity = f"{identity}:{stat.st_size}:{stat.st_mtime_ns}"
+        digest = hashlib.sha256(f"{identity}\0{endpoint}\0{scope}".encode()).hexdigest()[:32]
+        return f"{src.kind}-{digest}"
+
+    def _redact(self, message: str) -> str:
+        # Our messages never include a token; library text quoted in them is not ours to vouch for.
+        for token in (self.settings.hf_token, self.settings.civitai_token, self.settings.replicate_token):
+            if token:
+                message = message.replace(token, "***")
+        return message
+
+
+def _lora_file(entry: CacheEntry) -> LoraFile:
+    return LoraFile(entry.path, entry.source, entry.key, entry.sha256, entry.size, entry.trigger_words)
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _replicate_error(error: HttpStatusError, src: ReplicateModel, token: str | None, base: str) -> LoraError:
+    if error.status in (401, 403):
+        if token:
+            return LoraError(
+                f"Replicate refused REPLICATE_API_TOKEN for {src.display} (HTTP {error.status}): the token is "
+                "invalid or its account cannot see this model."
+            )
+        return LoraError(
+            f"Replicate requires a token for {src.display} (HTTP {error.status}); a private model needs "
+            "REPLICATE_API_TOKEN set to a token of an account that can see it."
+        )
+    if error.status == 404:
+        private = "" if token else " A private model also answers this way without REPLICATE_API_TOKEN."
+        return LoraError(
+            f"Replicate has no trained weights for {src.display} at {base} (HTTP 404). Check owner/model"
+            f"{'/versions/<version>' if src.version else ''}: it must be a model trained on Replicate (for a "
+            f"Hugging Face repo write huggingface.co/{src.owner}/{src.model}).{private}"
+        )
+    return LoraError(f"Replicate answered HTTP {error.status} for {src.display}. Try again later.")
+
+
+def _url_error(error: HttpStatusError, src: HttpFile) -> LoraError:
+    if error.status in (401, 403):
+        return LoraError(
+            f"{src.display} refused the download (HTTP {error.status}): the URL needs credentials. Use a public "
+            "or signed URL, or a Hugging Face/CivitAI/Replicate form that sends your token."
+        )
+    if error.status in (404, 410):
+        return LoraError(f"Nothing found at {src.display} (HTTP {error.status}). Check the URL.")
+    return LoraError(f"{src.display} answered HTTP {error.status}. Check the URL, or try again later.")

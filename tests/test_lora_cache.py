@@ -1,0 +1,315 @@
+"""The LoRA disk cache: a cached LoRA costs no request, concurrent callers (threads and processes)
+share one download, partial or damaged files are never served, least recently used entries make room
+under LORA_CACHE_MAX_BYTES, and entries fetched with a token stay with that token.
+
+Real HTTP against loopback fakes; LORA_ALLOW_PRIVATE_URLS=1 lets the fetcher reach them."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import multiprocessing
+import os
+import threading
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+from lora_loader import LoraError, LoraFetcher, LoraSettings
+from lora_loader.cache import LORA_FILE, SIDECAR
+from lora_loader.http import RetryPolicy
+from tests.fakes.hf_hub import FakeHub
+from tests.fakes.lora_servers import (
+    FakeCivitai,
+    FakeReplicate,
+    FakeServer,
+    FakeVersion,
+    fetch_in_process,
+    lora_bytes,
+    make_tar,
+    trainer_tar,
+)
+
+HF_TOKEN = "hf_CacheTestTokenForTheFakeHub012345"
+CIVITAI_TOKEN = "civitaiCacheTestKey0123456789abcdef"
+REPLICATE_TOKEN = "r8_CacheTestReplicateToken01234567"
+FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02)
+
+
+@pytest.fixture(scope="module")
+def servers():
+    hub, civitai, replicate, files = FakeHub().start(), FakeCivitai(), FakeReplicate(), FakeServer().start()
+    hub.tokens.add(HF_TOKEN)
+    yield types.SimpleNamespace(hub=hub, civitai=civitai, replicate=replicate, files=files)
+    for fake in (hub, civitai, replicate, files):
+        fake.close()
+
+
+@pytest.fixture
+def fakes(servers):
+    servers.hub.repos.clear()
+    servers.hub.clear_requests()
+    for fake in (servers.civitai, servers.replicate, servers.files):
+        fake.reset()
+    return servers
+
+
+@pytest.fixture
+def environ(tmp_path: Path, fakes) -> dict[str, str]:
+    return {
+        "LORA_CACHE_DIR": str(tmp_path / "cache"),
+        "LORA_ALLOW_PRIVATE_URLS": "1",
+        "HF_ENDPOINT": fakes.hub.endpoint,
+        "CIVITAI_BASE_URL": fakes.civitai.base_url,
+        "REPLICATE_BASE_URL": fakes.replicate.base_url,
+    }
+
+
+@pytest.fixture
+def make_fetcher(environ: dict[str, str]):
+    def make(**options) -> LoraFetcher:
+        env = {**environ, **{k: v for k, v in options.items() if k.isupper()}}
+        settings = LoraSettings.from_env(env)
+        kwargs = {k: v for k, v in options.items() if not k.isupper()}
+        return LoraFetcher(settings.cache_dir, settings.max_bytes, settings, retry=FAST_RETRY, **kwargs)
+
+    return make
+
+
+def all_requests(fakes) -> list:
+    servers = (fakes.civitai.site, fakes.civitai.storage, fakes.replicate.site, fakes.replicate.delivery, fakes.files)
+    return [r for s in servers for r in s.requests] + fakes.hub.requests
+
+
+def clear_requests(fakes) -> None:
+    fakes.hub.clear_requests()
+    for server in (fakes.civitai.site, fakes.civitai.storage, fakes.replicate.site, fakes.replicate.delivery):
+        server.clear_requests()
+    fakes.files.clear_requests()
+
+
+def backdate(fetcher: LoraFetcher, key: str, seconds: float) -> None:
+    sidecar = fetcher.cache.entries_dir / key / SIDECAR
+    past = time.time() - seconds
+    os.utime(sidecar, (past, past))
+
+
+# -- hits ----------------------------------------------------------------------------------------------
+
+
+def test_a_cached_lora_makes_no_request_at_all(fakes, make_fetcher, caplog) -> None:
+    fakes.files.add_file("/a.safetensors", lora_bytes(1))
+    fakes.replicate.add_model("o", "m", trainer_tar(lora_bytes(2)))
+    fakes.civitai.add_model(3, [FakeVersion(30, lora_bytes(3), trained_words=["civ"])])
+    fakes.hub.add_repo("o/r", {"lora.safetensors": lora_bytes(4), "README.md": b"# r"})
+    sources = [fakes.files.url("/a.safetensors"), "o/m", "civitai.com/models/3", "civitai.com/api/download/models/30"]
+    sources.append("huggingface.co/o/r")
+    first = [make_fetcher().fetch(s) for s in sources]
+    clear_requests(fakes)
+
+    caplog.set_level(logging.INFO)
+    again = [make_fetcher().fetch(s) for s in sources]  # a new fetcher: as in a restarted process
+
+    assert all_requests(fakes) == []
+    assert again == first
+    assert caplog.text.count("cache hit") == len(sources)
+    assert first[2].trigger_words == again[2].trigger_words == ("civ",)
+
+
+def test_sidecar_records_the_entry_without_secrets(fakes, make_fetcher) -> None:
+    data = lora_bytes(5, metadata={"modelspec.trigger_phrase": "neon"})
+    fakes.files.add_file("/s.safetensors", data, signature="TopSecretSig")
+    lora = make_fetcher().fetch(fakes.files.url("/s.safetensors?sig=TopSecretSig"))
+
+    sidecar = json.loads((lora.path.parent / SIDECAR).read_text())
+
+    assert sidecar["source"] == lora.source == f"{fakes.files.base_url}/s.safetensors?…"
+    assert sidecar["size"] == lora.size == len(data)
+    assert sidecar["sha256"] == lora.sha256 and sidecar["trigger_words"] == ["neon"]
+    assert sidecar["fetched_at"] and sidecar["authenticated"] is False
+    assert "TopSecretSig" not in json.dumps(sidecar)
+    assert lora.path.name == LORA_FILE and lora.path.parent.name == lora.key
+
+
+# -- one download for concurrent callers ------------------------------------------------------------------
+
+
+def test_threads_asking_for_one_lora_share_one_download(fakes, make_fetcher) -> None:
+    data = lora_bytes(6, padding=100_000)
+    url = fakes.files.add_file("/shared.safetensors", data, delay=0.3)
+    fetcher = make_fetcher()
+    results, barrier = [], threading.Barrier(4)
+
+    def worker() -> None:
+        barrier.wait()
+        results.append(fetcher.fetch(url))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(results) == 4 and len({r.path for r in results}) == 1
+    assert results[0].path.read_bytes() == data
+    assert len(fakes.files.gets("/shared.safetensors")) == 1
+
+
+def test_processes_sharing_the_cache_share_one_download(fakes, environ) -> None:
+    data = lora_bytes(7, padding=100_000)
+    url = fakes.files.add_file("/multi.safetensors", data, delay=0.5)
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(2), context.Queue()
+    cache_dir = environ["LORA_CACHE_DIR"]
+    processes = [
+        context.Process(target=fetch_in_process, args=(cache_dir, environ, url, barrier, results)) for _ in range(2)
+    ]
+    for process in processes:
+        process.start()
+    got = [results.get(timeout=60) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+
+    assert [p.exitcode for p in processes] == [0, 0]
+    assert got[0] == got[1] and Path(got[0][0]).read_bytes() == data
+    assert len(fakes.files.gets("/multi.safetensors")) == 1
+
+
+# -- never a partial or invalid file ------------------------------------------------------------------------
+
+
+def test_damaged_entries_are_fetched_again_not_served(fakes, make_fetcher, caplog) -> None:
+    data = lora_bytes(8)
+    url = fakes.files.add_file("/d.safetensors", data)
+    lora = make_fetcher().fetch(url)
+    with lora.path.open("r+b") as f:
+        f.truncate(lora.size - 7)  # as if a disk filled up or someone edited it
+
+    with caplog.at_level(logging.WARNING):
+        again = make_fetcher().fetch(url)
+
+    assert "unusable" in caplog.text
+    assert again.path.read_bytes() == data and len(fakes.files.gets("/d.safetensors")) == 2
+
+
+def test_an_interrupted_download_leaves_no_entry_and_its_leftovers_are_cleaned(fakes, make_fetcher) -> None:
+    data = lora_bytes(9, padding=50_000)
+    url = fakes.files.add_file("/i.safetensors", data)
+    fakes.files.drop_connection("/i.safetensors", after_bytes=20_000, times=None)
+    fetcher = make_fetcher()
+    with pytest.raises(LoraError, match="attempts failed"):
+        fetcher.fetch(url)
+    assert list(fetcher.cache.entries_dir.iterdir()) == []
+    # A writer killed mid-download leaves its work folder; the next fetcher removes it.
+    stale = fetcher.cache.tmp_dir / "url-deadbeef"
+    stale.mkdir()
+    (stale / "download.part").write_bytes(data[:1000])
+
+    fakes.files.reset()
+    fakes.files.add_file("/i.safetensors", data)
+    fetcher = make_fetcher()
+
+    assert not stale.exists()
+    assert fetcher.fetch(url).path.read_bytes() == data
+
+
+# -- the cap ----------------------------------------------------------------------------------------------
+
+
+def test_least_recently_used_entries_are_evicted_under_the_cap(fakes, make_fetcher, caplog) -> None:
+    blobs = {name: lora_bytes(i, padding=40_000) for i, name in enumerate("abc")}
+    urls = {name: fakes.files.add_file(f"/{name}.safetensors", data) for name, data in blobs.items()}
+    size = len(blobs["a"])
+    fetcher = make_fetcher(LORA_CACHE_MAX_BYTES=str(int(size * 2.5)))
+    a, b = fetcher.fetch(urls["a"]), fetcher.fetch(urls["b"])
+    backdate(fetcher, a.key, 3600)
+    backdate(fetcher, b.key, 1800)
+    fetcher.fetch(urls["a"])  # a hit makes `a` the most recently used
+    backdate(fetcher, a.key, 600)  # ... though not "in use" any more
+
+    with caplog.at_level(logging.INFO):
+        c = fetcher.fetch(urls["c"])
+
+    assert {p.name for p in fetcher.cache.entries_dir.iterdir()} == {a.key, c.key}
+    assert f"evicted {b.key}" in caplog.text
+    assert fetcher.cache.total_bytes() <= int(size * 2.5)
+    clear_requests(fakes)
+    assert fetcher.fetch(urls["a"]).path.read_bytes() == blobs["a"] and all_requests(fakes) == []
+
+
+def test_entries_in_use_are_not_evicted_even_over_the_cap(fakes, make_fetcher, caplog) -> None:
+    urls = [fakes.files.add_file(f"/u{i}.safetensors", lora_bytes(i, padding=40_000)) for i in range(2)]
+    fetcher = make_fetcher(LORA_CACHE_MAX_BYTES="60000")
+    main = fetcher.fetch(urls[0])  # the main LoRA, about to be loaded with the extra one
+
+    with caplog.at_level(logging.WARNING):
+        extra = fetcher.fetch(urls[1])
+
+    assert main.path.exists() and extra.path.exists()
+    assert "exceeds LORA_CACHE_MAX_BYTES" in caplog.text
+
+
+def test_a_lora_larger_than_the_whole_cache_is_refused(fakes, make_fetcher) -> None:
+    big = lora_bytes(10, padding=100_000)
+    url = fakes.files.add_file("/huge.safetensors", big)
+    fetcher = make_fetcher(LORA_CACHE_MAX_BYTES="50kB")
+
+    with pytest.raises(LoraError, match=r"more than the whole LoRA cache may hold .*Raise LORA_CACHE_MAX_BYTES"):
+        fetcher.fetch(url)
+    with pytest.raises(LoraError, match=r"LORA_CACHE_MAX_BYTES"):  # a tar itself larger than the cap
+        fetcher.fetch(fakes.replicate.add_model("big", "one", trainer_tar(big)))
+    small_archive = make_tar({"lora.safetensors": big}, gzip=True)  # zero padding compresses well
+    assert len(small_archive) < 50_000
+    with pytest.raises(LoraError, match=r"The LoRA in data:.* is \d+ bytes, more than the cache may hold"):
+        fetcher.fetch("data:application/gzip;base64," + base64.b64encode(small_archive).decode())
+    assert list(fetcher.cache.entries_dir.iterdir()) == []
+
+
+# -- token scope -----------------------------------------------------------------------------------------
+
+
+def test_a_lora_fetched_with_a_token_is_not_served_without_it(fakes, make_fetcher) -> None:
+    fakes.civitai.token = CIVITAI_TOKEN
+    fakes.civitai.add_model(11, [FakeVersion(110, lora_bytes(11))])
+    with_token = make_fetcher(CIVITAI_API_TOKEN=CIVITAI_TOKEN).fetch("civitai.com/models/11")
+
+    with pytest.raises(LoraError, match="requires an API token"):
+        make_fetcher().fetch("civitai.com/models/11")
+    with pytest.raises(LoraError, match="refused CIVITAI_API_TOKEN"):
+        make_fetcher(CIVITAI_API_TOKEN="another").fetch("civitai.com/models/11")
+    clear_requests(fakes)
+    assert make_fetcher(CIVITAI_API_TOKEN=CIVITAI_TOKEN).fetch("civitai.com/models/11") == with_token
+    assert all_requests(fakes) == []
+
+
+def test_public_entries_serve_callers_with_a_token(fakes, make_fetcher) -> None:
+    fakes.replicate.add_model("pub", "lora", trainer_tar(lora_bytes(12)))
+    public = make_fetcher().fetch("pub/lora")
+    clear_requests(fakes)
+
+    assert make_fetcher(REPLICATE_API_TOKEN=REPLICATE_TOKEN).fetch("pub/lora") == public
+    assert all_requests(fakes) == []
+
+
+def test_tokens_never_reach_logs_or_file_names(fakes, make_fetcher, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    fakes.civitai.token = CIVITAI_TOKEN
+    fakes.civitai.add_model(13, [FakeVersion(130, lora_bytes(13))])
+    fakes.replicate.token = REPLICATE_TOKEN
+    fakes.replicate.add_model("tok", "lora", trainer_tar(lora_bytes(14)))
+    fakes.hub.add_repo("tok/private", {"lora.safetensors": lora_bytes(15)}, private=True)
+    fetcher = make_fetcher(CIVITAI_API_TOKEN=CIVITAI_TOKEN, REPLICATE_API_TOKEN=REPLICATE_TOKEN, HF_TOKEN=HF_TOKEN)
+
+    for source in ("civitai.com/models/13", "tok/lora", "huggingface.co/tok/private"):
+        fetcher.fetch(source)
+        fetcher.fetch(source)
+
+    tokens = (CIVITAI_TOKEN, REPLICATE_TOKEN, HF_TOKEN)
+    assert not any(token in caplog.text for token in tokens)
+    stored = [str(p) for p in fetcher.cache.root.rglob("*")]
+    stored += [p.read_text() for p in fetcher.cache.root.rglob(SIDECAR)]
+    assert stored and not any(token in text for token in tokens for text in stored)
+    assert fakes.hub.requests and all(r.authorized for r in fakes.hub.requests if r.server == "hub")
