@@ -21,7 +21,14 @@ def free_port() -> int:
 
 
 class CogServer:
-    def __init__(self, env: dict[str, str], target: str = "predict.py:Predictor", log_path: Path | None = None):
+    def __init__(
+        self,
+        env: dict[str, str],
+        target: str = "predict.py:Predictor",
+        log_path: Path | None = None,
+        cwd: Path = REPO_ROOT,
+    ):
+        self.cwd = cwd  # the server reads .cog/openapi_schema.json from here
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -38,7 +45,7 @@ class CogServer:
         log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"],
-            cwd=REPO_ROOT,
+            cwd=self.cwd,
             env=self._env,
             stdout=log,
             stderr=subprocess.STDOUT,

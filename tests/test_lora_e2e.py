@@ -1,0 +1,163 @@
+"""LoRAs end to end through the real Cog server: fetched from fake Replicate / Hugging Face / CivitAI sites on
+loopback, attached to the tiny model, swapped between predictions, and TrainedPredictor's own weights."""
+
+from __future__ import annotations
+
+import base64
+import io
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests import lora_fixtures
+from tests.fakes.hf_hub import FakeHub
+from tests.fakes.lora_servers import FakeCivitai, FakeReplicate, FakeServer, FakeVersion, trainer_tar
+from tests.server import REPO_ROOT, CogServer
+
+BASE = {"prompt": "a photo of TOK", "num_inference_steps": 2, "megapixels": "0.25", "seed": 5, "output_format": "png"}
+
+
+@pytest.fixture(scope="module")
+def lora_files(service, tmp_path_factory) -> dict[str, bytes]:
+    """Three different LoRAs for the tiny transformer, in the formats users bring most."""
+    folder = tmp_path_factory.mktemp("e2e-loras")
+    pipe = service.models.pipeline("dev", "txt2img")
+    shapes = lora_fixtures.linear_shapes(pipe.transformer), lora_fixtures.linear_shapes(pipe.text_encoder)
+    return {
+        name: lora_fixtures.write_fixture(fmt, folder, *shapes, seed=seed).path.read_bytes()
+        for name, fmt, seed in (("trained", "ai_toolkit", 1), ("hf", "diffusers", 2), ("civitai", "kohya", 3))
+    }
+
+
+@pytest.fixture(scope="module")
+def sites(lora_files):
+    replicate, civitai, hub, files = FakeReplicate(), FakeCivitai(), FakeHub().start(), FakeServer().start()
+    tar_url = replicate.add_model("alice", "flux-tok", trainer_tar(lora_files["trained"], trigger_word="TOK"))
+    hub.add_repo("bob/flux-style", {"lora.safetensors": lora_files["hf"], "README.md": b"# style"})
+    civitai.add_model(1234, [FakeVersion(id=5678, content=lora_files["civitai"], trained_words=["pixelart"])])
+    files.add_page("/not-a-lora.safetensors", b"<!DOCTYPE html><html>Sign in</html>")
+    yield {"replicate": replicate, "civitai": civitai, "hub": hub, "files": files, "tar_url": tar_url}
+    for site in (replicate, civitai, hub, files):
+        site.close()
+
+
+def _env(tiny_env, sites) -> dict[str, str]:
+    return {
+        **tiny_env,
+        "REPLICATE_BASE_URL": sites["replicate"].base_url,
+        "CIVITAI_BASE_URL": sites["civitai"].base_url,
+        "HF_ENDPOINT": sites["hub"].endpoint,
+        "HF_HUB_OFFLINE": "0",
+    }
+
+
+@pytest.fixture(scope="module")
+def server(tiny_env, sites, tmp_path_factory):
+    running = CogServer(_env(tiny_env, sites), log_path=tmp_path_factory.mktemp("srv") / "server.log").start()
+    yield running
+    running.stop()
+
+
+def predict(server, **inputs) -> dict:
+    response = server.predict(**{**BASE, **inputs})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def pixels(body: dict) -> np.ndarray:
+    assert body["status"] == "succeeded", body
+    payload = body["output"][0].partition(",")[2]
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(payload))), dtype=float)
+
+
+def test_every_source_changes_the_image_and_scale_zero_is_the_base(server):
+    base = pixels(predict(server))
+    for source in ("alice/flux-tok", "huggingface.co/bob/flux-style", "https://civitai.com/models/1234/pixel-art"):
+        with_lora = pixels(predict(server, replicate_weights=source))
+        assert np.abs(with_lora - base).mean() > 0.5, source
+        assert np.array_equal(pixels(predict(server, replicate_weights=source, lora_scale=0)), base), source
+
+
+def test_main_and_extra_together_and_swapped_match_a_fresh_server(server, tiny_env, sites, tmp_path):
+    a, b = "alice/flux-tok", "huggingface.co/bob/flux-style"
+    sequence = [
+        {"replicate_weights": a, "extra_lora": b, "lora_scale": 0.7, "extra_lora_scale": 0.4},
+        {},
+        {"replicate_weights": b, "extra_lora": a, "lora_scale": 0.4, "extra_lora_scale": 0.7},
+        {"replicate_weights": a, "lora_scale": 1.3, "model": "schnell"},
+    ]
+    warm = [pixels(predict(server, **request)) for request in sequence]
+    assert np.abs(warm[0] - warm[2]).max() < 2, "A*0.7+B*0.4 must not depend on which slot holds which"
+    fresh_server = CogServer(_env(tiny_env, sites), log_path=tmp_path / "fresh.log")
+    for request, image in zip(sequence, warm, strict=True):
+        fresh_server.start()
+        try:
+            assert np.array_equal(pixels(predict(fresh_server, **request)), image), request
+        finally:
+            fresh_server.stop()
+
+
+def test_a_cached_lora_costs_no_request_and_an_attached_one_no_reload(server, sites):
+    predict(server, replicate_weights="alice/flux-tok")
+    for site in (sites["replicate"].site, sites["replicate"].delivery):
+        site.clear_requests()
+    body = predict(server, replicate_weights="alice/flux-tok", lora_scale=0.5)
+    assert body["status"] == "succeeded"
+    assert sites["replicate"].site.requests == [] and sites["replicate"].delivery.requests == []
+
+
+def test_trigger_word_hint_only_when_the_prompt_lacks_it(server):
+    without = predict(server, replicate_weights="alice/flux-tok", prompt="a portrait")
+    with_word = predict(server, replicate_weights="alice/flux-tok", prompt="a portrait of TOK")
+    assert "trigger word 'TOK'" in without["logs"]
+    assert "trigger word" not in with_word["logs"]
+
+
+def test_bad_loras_fail_clearly_and_the_server_stays_ready(server, sites):
+    cases = {
+        sites["files"].url("/not-a-lora.safetensors"): "HTML",
+        "civitai.com/models/999": "CivitAI",
+        "not a lora string": "Replicate",
+    }
+    for source, fragment in cases.items():
+        body = predict(server, replicate_weights=source)
+        assert body["status"] == "failed" and fragment in body["error"], (source, body["error"])
+        assert server.health()["status"] == "READY"
+    assert predict(server, replicate_weights="alice/flux-tok")["status"] == "succeeded"
+
+
+def test_trained_predictor_serves_its_own_weights(tiny_env, sites, tmp_path):
+    """The 20-input schema with COG_WEIGHTS: served from a folder whose .cog/openapi_schema.json is that schema."""
+    folder = tmp_path / "trained-model"
+    (folder / ".cog").mkdir(parents=True)
+    for name in ("predict.py", "generation", "lora_loader", "weights"):
+        (folder / name).symlink_to(REPO_ROOT / name)
+    subprocess.run(
+        [
+            sys.executable,
+            REPO_ROOT / "script/openapi_schema.py",
+            "--target",
+            "predict.py:TrainedPredictor",
+            "--output",
+            folder / ".cog/openapi_schema.json",
+        ],
+        check=True,
+        cwd=folder,
+        capture_output=True,
+    )
+    env = {**_env(tiny_env, sites), "COG_WEIGHTS": sites["tar_url"]}
+    server = CogServer(env, target="predict.py:TrainedPredictor", log_path=tmp_path / "trained.log", cwd=folder)
+    server.start()
+    try:
+        assert "Preloading LoRA" in server.health()["setup"]["logs"]
+        trained = predict(server)
+        served = httpx.get(f"{server.url}/openapi.json").json()["components"]["schemas"]["Input"]["properties"]
+    finally:
+        server.stop()
+    assert trained["status"] == "succeeded", trained
+    assert "already loaded" in trained["logs"], "setup attached the trained LoRA; the request only re-scales it"
+    assert len(served) == 20 and "replicate_weights" not in served
