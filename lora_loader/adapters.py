@@ -46,6 +46,17 @@ from .formats import load_lora_state_dict
 
 logger = logging.getLogger(__name__)
 
+
+class _NoTextEncoderNotice(logging.Filter):
+    """diffusers warns on every load of a LoRA without CLIP layers (most FLUX LoRAs) that it found none; this
+    manager counts the layers each adapter attached to and says so itself, so the warning is only noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No LoRA keys associated to CLIPTextModel")
+
+
+logging.getLogger("diffusers.loaders.lora_base").addFilter(_NoTextEncoderNotice())
+
 MODELS = ("dev", "schnell")
 
 
@@ -155,7 +166,9 @@ class AdapterManager:
             converted = load_lora_state_dict(spec.path, pipe.transformer.config)
             _check_shapes(converted.state_dict, pipe, converted.format)
             try:
-                pipe.load_lora_weights(converted.state_dict, adapter_name=name)
+                # low_cpu_mem_usage: build the LoRA layers empty and fill them from the file, skipping a random init
+                # of every layer that the file overwrites anyway.
+                pipe.load_lora_weights(converted.state_dict, adapter_name=name, low_cpu_mem_usage=True)
             except (ValueError, RuntimeError, KeyError, NotImplementedError) as error:
                 raise LoraError(f"Could not load LoRA {spec.label} ({converted.format}): {error}") from error
             self.loads += 1

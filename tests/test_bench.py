@@ -1,0 +1,23 @@
+"""script/bench keeps working: the LoRA benchmark at tiny size (timings are printed, never asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.server import REPO_ROOT
+
+
+def test_lora_bench_runs_at_tiny_size(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, REPO_ROOT / "script/bench.py", "lora", "--tiny", "--repeats", "1", "--json", out],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    timings = json.loads(out.read_text())["median_seconds"]
+    assert len(timings) == 5 and all(seconds > 0 for seconds in timings.values())
+    assert "re-scale an attached LoRA" in result.stdout
