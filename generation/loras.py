@@ -33,6 +33,7 @@ class LoraStage:
             extra = self._spec(request.extra_lora, request.prompt)
             multiplier = GO_FAST_LORA_MULTIPLIER if fast_path else 1.0
             self.adapters.apply(request.model, main, extra, multiplier=multiplier)
+        logger.info("LoRA adapters resident: %d", len(self.adapters.resident))
 
     def preload(self, source: str, model: str = "dev") -> None:
         """Download and attach a LoRA ahead of the first request (a trained model's own weights, at setup),
