@@ -19,21 +19,48 @@ GO_FAST_LORA_MULTIPLIER = 1.5
 
 
 class LoraStage:
-    def __init__(self, fetcher: LoraFetcher, adapters: AdapterManager):
-        self.fetcher = fetcher
-        self.adapters = adapters
+    """The request's LoRAs on whichever path runs it: the plain models (`plain`, key-named adapters) or the
+    compiled fp8 models (`fast`, two hotswapped slots). The path not running is emptied of LoRAs, so the
+    process never holds more than the two LoRAs of the current request."""
 
-    def apply(self, request: GenerationRequest, fast_path: bool) -> None:
-        """Make `request.model` carry exactly the request's LoRAs. The multiplier follows the path that
-        actually runs: a go_fast request that falls back to bf16 gets the bf16 scales."""
-        if not (request.main_lora or request.extra_lora) and not self.adapters.resident:
-            return
+    def __init__(self, fetcher: LoraFetcher, plain: AdapterManager, fast=None):
+        self.fetcher = fetcher
+        self.plain = plain
+        self.fast = fast  # lora_loader.hotswap.HotswapAdapterManager, when the fp8 path was built
+
+    def apply(self, request: GenerationRequest, fast_path: bool) -> bool:
+        """Make `request.model` carry exactly the request's LoRAs; returns whether the fast path can run them.
+        The multiplier follows the path that runs: a go_fast request that falls back to bf16 gets bf16 scales."""
+        if not (request.main_lora or request.extra_lora) and not self._any_resident():
+            return fast_path
         with stage("LoRAs"):
             main = self._spec(request.main_lora, request.prompt)
             extra = self._spec(request.extra_lora, request.prompt)
-            multiplier = GO_FAST_LORA_MULTIPLIER if fast_path else 1.0
-            self.adapters.apply(request.model, main, extra, multiplier=multiplier)
-        logger.info("LoRA adapters resident: %d", len(self.adapters.resident))
+            fast_path = fast_path and self._apply_fast(request.model, main, extra)
+            if not fast_path:
+                self.plain.apply(request.model, main, extra)
+                if self.fast is not None and self.fast.resident:
+                    self.fast.apply(request.model, None, None)
+        logger.info("LoRA adapters resident: %d", len(self.plain.resident) + len(self._fast_resident()))
+        return fast_path
+
+    def _apply_fast(self, model: str, main: LoraSpec | None, extra: LoraSpec | None) -> bool:
+        from lora_loader.hotswap import NotHotswappable
+
+        try:
+            self.fast.apply(model, main, extra, multiplier=GO_FAST_LORA_MULTIPLIER)
+        except NotHotswappable as error:
+            logger.info("go_fast: %s; this request runs the plain path", error)
+            return False
+        if self.plain.resident:
+            self.plain.apply(model, None, None)
+        return True
+
+    def _fast_resident(self) -> tuple:
+        return self.fast.resident if self.fast is not None else ()
+
+    def _any_resident(self) -> bool:
+        return bool(self.plain.resident or self._fast_resident())
 
     def preload(self, source: str, model: str = "dev") -> None:
         """Download and attach a LoRA ahead of the first request (a trained model's own weights, at setup),
@@ -41,7 +68,7 @@ class LoraStage:
         with stage(f"Preloading LoRA {source}"):
             lora = self.fetcher.fetch(source)
             spec = LoraSpec(key=lora.key, path=lora.path, scale=1.0, source=lora.source)
-            self.adapters.apply(model, spec, None)
+            self.plain.apply(model, spec, None)
 
     def _spec(self, choice: LoraChoice | None, prompt: str) -> LoraSpec | None:
         if choice is None:

@@ -20,6 +20,7 @@ from weights.layout import FLUX_DEV, FLUX_SCHNELL, NSFW_CLASSIFIER, SAFETY_CHECK
 
 from . import images, precision
 from .errors import UserInputError
+from .fast_path import FastPath
 from .logs import stage, step_logger
 from .loras import LoraStage
 from .pipelines import FluxModels
@@ -32,11 +33,21 @@ logger = logging.getLogger(__name__)
 
 
 class GenerationService:
-    def __init__(self, settings: Settings, models: FluxModels, safety: SafetyChecker, loras: LoraStage):
+    def __init__(
+        self,
+        settings: Settings,
+        models: FluxModels,
+        safety: SafetyChecker,
+        loras: LoraStage,
+        fast: FastPath | None = None,
+        fast_unavailable: str | None = "the fp8 path was not built",
+    ):
         self.settings = settings
         self.models = models
         self.safety = safety
         self.loras = loras
+        self.fast = fast
+        self.fast_unavailable = None if fast is not None else fast_unavailable  # why go_fast runs plain
 
     @classmethod
     def from_env(cls) -> GenerationService:
@@ -57,16 +68,23 @@ class GenerationService:
                 safety = SafetyChecker(
                     folders[SAFETY_CHECKER.name], folders[NSFW_CLASSIFIER.name], settings.device, settings.dtype
                 )
-        loras = LoraStage(fetcher or LoraFetcher.from_env(), AdapterManager(models))
-        return cls(settings, models, safety, loras)
+            fast, fast_unavailable = _build_fast_path(models, folders, settings.device)
+        loras = LoraStage(fetcher or LoraFetcher.from_env(), AdapterManager(models), fast and fast.adapters)
+        return cls(settings, models, safety, loras, fast, fast_unavailable)
 
     def generate(self, request: GenerationRequest) -> list[Path]:
         init_image = images.load_image(request.image) if request.image is not None else None
         resolved = plan(request, init_image.size if init_image else None)
         self._log_plan(resolved)
-        fast_path = precision.use_fast_path(request.go_fast, request.aspect_ratio, self.settings.device)
-        self.loras.apply(request, fast_path)  # before encoding: a LoRA may carry text-encoder layers
-        generated = self._denoise_all(request, resolved, init_image)
+        choice = precision.choose_path(request.go_fast, request.aspect_ratio, self.fast_unavailable)
+        # Before encoding the prompt: a LoRA may carry text-encoder layers.
+        if choice.fast and not self.loras.apply(request, fast_path=True):
+            choice = precision.PathChoice(False, "a LoRA of this request cannot be swapped into the compiled model")
+        elif not choice.fast:
+            self.loras.apply(request, fast_path=False)
+        precision.log_choice(choice, request.go_fast)
+        models = self.fast.models if choice.fast else self.models
+        generated = self._denoise_all(request, resolved, init_image, models)
         kept = self._drop_unsafe(generated, request.disable_safety_checker)
         with stage("Saving outputs"):
             return images.save_outputs(kept, request.output_format, request.output_quality, self._fresh_output_dir())
@@ -89,20 +107,20 @@ class GenerationService:
         )
 
     def _denoise_all(
-        self, request: GenerationRequest, resolved: GenerationPlan, init_image: Image.Image | None
+        self, request: GenerationRequest, resolved: GenerationPlan, init_image: Image.Image | None, models: FluxModels
     ) -> list[tuple[int, Image.Image]]:
         size = (resolved.width, resolved.height)
         image = images.fit_image(init_image, size) if init_image is not None else None
-        mask = images.load_mask(request.mask, size) if resolved.mode == "inpaint" else None
+        mask = images.load_mask(request.mask, size, init_image.size) if resolved.mode == "inpaint" else None
         with stage("Encoding the prompt"):
-            embeddings = self.models.encode_prompt(resolved.model, request.prompt, resolved.max_sequence_length)
+            embeddings = models.encode_prompt(resolved.model, request.prompt, resolved.max_sequence_length)
         steps = steps_that_run(resolved.num_inference_steps, resolved.strength)
         generated = []
         for index in range(resolved.num_outputs):
             name = images.output_name(index, request.output_format)
             with stage(f"Generating {name}"):
                 generator = generator_for(resolved.seed + index, self.settings.device)
-                output = self.models.denoise(resolved, embeddings, generator, image, mask, step_logger(name, steps))
+                output = models.denoise(resolved, embeddings, generator, image, mask, step_logger(name, steps))
             generated.append((index, output))
         return generated
 
@@ -129,3 +147,18 @@ class GenerationService:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         return folder
+
+
+def _build_fast_path(models: FluxModels, folders: dict[str, Path], device) -> tuple[FastPath | None, str | None]:
+    """The fp8 path when this GPU can run it; otherwise (or if building it fails) None and the reason, which
+    every go_fast request then logs."""
+    reason = precision.fp8_unavailable_reason(device)
+    if reason is not None:
+        logger.info("go_fast: %s; go_fast requests will run the plain path", reason)
+        return None, reason
+    try:
+        dirs = {"dev": folders[FLUX_DEV.name], "schnell": folders[FLUX_SCHNELL.name]}
+        return FastPath.build(models, dirs), None
+    except Exception as error:  # a broken optional path must not take the server down
+        logger.exception("go_fast: building the fp8 path failed; go_fast requests will run the plain path")
+        return None, f"the fp8 path could not be built at setup ({error.__class__.__name__}: {error})"

@@ -1,0 +1,106 @@
+"""go_fast: fp8 copies of the dev and schnell transformers, compiled and warmed up in setup().
+
+Chosen design (see README "go_fast"): torchao's float8 dynamic-activation + float8-weight quantization
+with per-row scales on every Linear of the transformer (matmuls run as fp8 `_scaled_mm` on compute
+capability >= 8.9), then regional `torch.compile` of the repeated transformer blocks with dynamic shapes,
+so one compilation covers every output size. LoRAs go into two fixed adapter slots prepared before
+compilation and are swapped in place (hotswap), so changing LoRAs never recompiles. The text encoders,
+VAE and safety models are shared with the plain path; only the two transformers are extra.
+
+Everything here runs only on a GPU that supports fp8; `generation.precision` decides, and setup falls
+back to the plain path (with the reason in the logs) if building or warming this path fails.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from diffusers import FluxPipeline, FluxTransformer2DModel, TorchAoConfig
+
+from . import sizes
+from .logs import stage
+from .pipelines import FluxModels
+from .request import MAX_SEQUENCE_LENGTH
+
+logger = logging.getLogger(__name__)
+
+MAX_LORA_RANK = 128  # hotswap pads every LoRA to this rank; larger ones run on the plain path
+WARMUP_STEPS = 2
+GIB = 2**30
+HEADROOM_BYTES = 8 * GIB  # activations at 1440x1440 plus the VAE decode
+
+
+class FastPath:
+    def __init__(self, models: FluxModels, adapters):
+        self.models = models
+        self.adapters = adapters  # lora_loader.hotswap.HotswapAdapterManager
+
+    @classmethod
+    def build(cls, plain: FluxModels, transformer_dirs: dict[str, Path]) -> FastPath:
+        from lora_loader.hotswap import HotswapAdapterManager
+
+        with stage("Building the fp8 transformers"):
+            _check_memory(plain.device, transformer_dirs)
+            transformers = {model: _fp8_transformer(path) for model, path in transformer_dirs.items()}
+        models = FluxModels(
+            *(_with_transformer(plain.pipeline(model, "txt2img"), transformers[model]) for model in ("dev", "schnell")),
+            plain.device,
+        )
+        adapters = HotswapAdapterManager(models)
+        adapters.prepare(("dev", "schnell"), max_rank=MAX_LORA_RANK)  # slots exist before compiling
+        for model in ("dev", "schnell"):
+            models.transformer(model).compile_repeated_blocks(fullgraph=True, dynamic=True)
+        with stage("Warming up the compiled fp8 transformers"):
+            _warm_up(models)
+        return cls(models, adapters)
+
+
+def _fp8_transformer(model_dir: Path) -> FluxTransformer2DModel:
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+
+    config = TorchAoConfig(Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    transformer = FluxTransformer2DModel.from_pretrained(
+        model_dir, subfolder="transformer", quantization_config=config, dtype=torch.bfloat16, local_files_only=True
+    )
+    return transformer.to("cuda")
+
+
+def _with_transformer(pipeline: FluxPipeline, transformer: FluxTransformer2DModel) -> FluxPipeline:
+    return FluxPipeline(**{**pipeline.components, "transformer": transformer})
+
+
+def _check_memory(device: torch.device, transformer_dirs: dict[str, Path]) -> None:
+    """Refuse early (and fall back) rather than die of OOM in the middle of setup."""
+    needed = sum(_bf16_bytes(path) // 2 for path in transformer_dirs.values()) + HEADROOM_BYTES
+    free, _ = torch.cuda.mem_get_info(device)
+    if free < needed:
+        raise MemoryError(
+            f"the fp8 transformers need about {needed / GIB:.0f} GiB of GPU memory and {free / GIB:.0f} GiB are free"
+        )
+
+
+def _bf16_bytes(model_dir: Path) -> int:
+    return sum(f.stat().st_size for f in (model_dir / "transformer").glob("*.safetensors"))
+
+
+@torch.inference_mode()
+def _warm_up(models: FluxModels) -> None:
+    """Run every named size at both megapixel settings once per model, so no prediction pays the first
+    call's compilation or kernel autotuning (dynamic shapes keep this to one compilation per model)."""
+    for model in ("dev", "schnell"):
+        embeddings = models.encode_prompt(model, "warm-up", MAX_SEQUENCE_LENGTH[model])
+        pipe = models.pipeline(model, "txt2img")
+        for ratio in sizes.ASPECT_RATIOS:
+            for megapixels in sizes.MEGAPIXELS:
+                width, height = sizes.size_for_aspect_ratio(ratio, megapixels)
+                pipe(
+                    prompt_embeds=embeddings.prompt_embeds,
+                    pooled_prompt_embeds=embeddings.pooled_prompt_embeds,
+                    width=width,
+                    height=height,
+                    num_inference_steps=WARMUP_STEPS,
+                    output_type="latent",
+                )
+        logger.info("go_fast: %s warmed up at %d sizes", model, 2 * len(sizes.ASPECT_RATIOS))
