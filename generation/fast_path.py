@@ -13,13 +13,14 @@ back to the plain path (with the reason in the logs) if building or warming this
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
 import torch
 from diffusers import FluxPipeline, FluxTransformer2DModel, TorchAoConfig
 
-from . import sizes
+from . import precision, sizes
 from .logs import stage
 from .pipelines import FluxModels
 from .request import MAX_SEQUENCE_LENGTH
@@ -38,12 +39,30 @@ class FastPath:
         self.adapters = adapters  # lora_loader.hotswap.HotswapAdapterManager
 
     @classmethod
-    def build(cls, plain: FluxModels, transformer_dirs: dict[str, Path]) -> FastPath:
+    def try_build(
+        cls, plain: FluxModels, sources: dict[str, Path | FluxTransformer2DModel]
+    ) -> tuple[FastPath | None, str | None]:
+        """The fp8 path when this GPU can run it; otherwise (or if building it fails) None and the reason,
+        which every go_fast request then logs. A broken optional path must not take the server down."""
+        reason = precision.fp8_unavailable_reason(plain.device)
+        if reason is not None:
+            logger.info("go_fast: %s; go_fast requests will run the plain path", reason)
+            return None, reason
+        try:
+            return cls.build(plain, sources), None
+        except Exception as error:
+            logger.exception("go_fast: building the fp8 path failed; go_fast requests will run the plain path")
+            return None, f"the fp8 path could not be built at setup ({error.__class__.__name__}: {error})"
+
+    @classmethod
+    def build(cls, plain: FluxModels, sources: dict[str, Path | FluxTransformer2DModel]) -> FastPath:
+        """`sources` maps dev/schnell to the weights folder to load the fp8 transformer from (production:
+        no transient bf16 copy in GPU memory) or to a bf16 transformer to quantize a copy of (benchmarks)."""
         from lora_loader.hotswap import HotswapAdapterManager
 
         with stage("Building the fp8 transformers"):
-            _check_memory(plain.device, transformer_dirs)
-            transformers = {model: _fp8_transformer(path) for model, path in transformer_dirs.items()}
+            _check_memory(plain.device, sources)
+            transformers = {model: _fp8_transformer(source) for model, source in sources.items()}
         models = FluxModels(
             *(_with_transformer(plain.pipeline(model, "txt2img"), transformers[model]) for model in ("dev", "schnell")),
             plain.device,
@@ -57,12 +76,26 @@ class FastPath:
         return cls(models, adapters)
 
 
-def _fp8_transformer(model_dir: Path) -> FluxTransformer2DModel:
+def _fp8_config():
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
 
-    config = TorchAoConfig(Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    # Per-row scales for activations and weights: finer than per-tensor, so fewer outliers are clipped.
+    return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+
+
+def _fp8_transformer(source: Path | FluxTransformer2DModel) -> FluxTransformer2DModel:
+    if isinstance(source, FluxTransformer2DModel):
+        from torchao.quantization import quantize_
+
+        transformer = copy.deepcopy(source)
+        quantize_(transformer, _fp8_config())
+        return transformer
     transformer = FluxTransformer2DModel.from_pretrained(
-        model_dir, subfolder="transformer", quantization_config=config, dtype=torch.bfloat16, local_files_only=True
+        source,
+        subfolder="transformer",
+        quantization_config=TorchAoConfig(_fp8_config()),
+        dtype=torch.bfloat16,
+        local_files_only=True,
     )
     return transformer.to("cuda")
 
@@ -71,9 +104,9 @@ def _with_transformer(pipeline: FluxPipeline, transformer: FluxTransformer2DMode
     return FluxPipeline(**{**pipeline.components, "transformer": transformer})
 
 
-def _check_memory(device: torch.device, transformer_dirs: dict[str, Path]) -> None:
+def _check_memory(device: torch.device, sources: dict[str, Path | FluxTransformer2DModel]) -> None:
     """Refuse early (and fall back) rather than die of OOM in the middle of setup."""
-    needed = sum(_bf16_bytes(path) // 2 for path in transformer_dirs.values()) + HEADROOM_BYTES
+    needed = sum(_bf16_bytes(source) // 2 for source in sources.values()) + HEADROOM_BYTES
     free, _ = torch.cuda.mem_get_info(device)
     if free < needed:
         raise MemoryError(
@@ -81,8 +114,10 @@ def _check_memory(device: torch.device, transformer_dirs: dict[str, Path]) -> No
         )
 
 
-def _bf16_bytes(model_dir: Path) -> int:
-    return sum(f.stat().st_size for f in (model_dir / "transformer").glob("*.safetensors"))
+def _bf16_bytes(source: Path | FluxTransformer2DModel) -> int:
+    if isinstance(source, FluxTransformer2DModel):
+        return 2 * sum(p.numel() for p in source.parameters())
+    return sum(f.stat().st_size for f in (source / "transformer").glob("*.safetensors"))
 
 
 @torch.inference_mode()

@@ -68,7 +68,8 @@ class GenerationService:
                 safety = SafetyChecker(
                     folders[SAFETY_CHECKER.name], folders[NSFW_CLASSIFIER.name], settings.device, settings.dtype
                 )
-            fast, fast_unavailable = _build_fast_path(models, folders, settings.device)
+            sources = {"dev": folders[FLUX_DEV.name], "schnell": folders[FLUX_SCHNELL.name]}
+            fast, fast_unavailable = FastPath.try_build(models, sources)
         loras = LoraStage(fetcher or LoraFetcher.from_env(), AdapterManager(models), fast and fast.adapters)
         return cls(settings, models, safety, loras, fast, fast_unavailable)
 
@@ -147,18 +148,3 @@ class GenerationService:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         return folder
-
-
-def _build_fast_path(models: FluxModels, folders: dict[str, Path], device) -> tuple[FastPath | None, str | None]:
-    """The fp8 path when this GPU can run it; otherwise (or if building it fails) None and the reason, which
-    every go_fast request then logs."""
-    reason = precision.fp8_unavailable_reason(device)
-    if reason is not None:
-        logger.info("go_fast: %s; go_fast requests will run the plain path", reason)
-        return None, reason
-    try:
-        dirs = {"dev": folders[FLUX_DEV.name], "schnell": folders[FLUX_SCHNELL.name]}
-        return FastPath.build(models, dirs), None
-    except Exception as error:  # a broken optional path must not take the server down
-        logger.exception("go_fast: building the fp8 path failed; go_fast requests will run the plain path")
-        return None, f"the fp8 path could not be built at setup ({error.__class__.__name__}: {error})"

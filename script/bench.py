@@ -2,6 +2,8 @@
 
     script/bench lora              attach / re-scale / swap LoRAs vs a cold load (CPU is fine)
     script/bench lora --tiny       the same on the tiny test model, in seconds (CI keeps it working)
+    script/bench generation        per image / per step: diffusers vs ours bf16 vs go_fast (a GPU; see
+                                   script/bench_generation.py); --tiny runs it on CPU in seconds
 
 `lora` builds a FLUX transformer with the real block count (19 double + 38 single blocks, so the same
 ~500 LoRA-carrying layers as FLUX.1) at a reduced width (768 instead of 3072; ~0.74 B parameters in
@@ -14,24 +16,19 @@ disk cache but not attached, a re-scale of an attached LoRA, and swaps. Medians 
 from __future__ import annotations
 
 import argparse
-import http.server
 import json
 import logging
 import statistics
 import sys
 import tempfile
-import threading
-import time
-from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
+from bench_common import RANK, static_server, timed, write_lora  # noqa: E402
 from diffusers import FluxPipeline, FluxTransformer2DModel  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
 
 from generation.logs import configure_logging  # noqa: E402
 from generation.pipelines import FluxModels  # noqa: E402
@@ -40,7 +37,6 @@ from lora_loader.adapters import AdapterManager, LoraSpec  # noqa: E402
 from weights.layout import FLUX_DEV, FLUX_SCHNELL  # noqa: E402
 from weights.tiny import write_tiny_weights  # noqa: E402
 
-RANK = 16
 # Real FLUX.1 block counts; the width is what makes the full model 12 B parameters, not the layer count.
 BENCH_TRANSFORMER = dict(num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=6)
 
@@ -52,11 +48,21 @@ def main(argv: list[str]) -> int:
     lora.add_argument("--tiny", action="store_true", help="use the tiny test transformer (seconds, for CI)")
     lora.add_argument("--repeats", type=int, default=5)
     lora.add_argument("--json", type=Path, help="also write the results here")
+    generation = commands.add_parser("generation", help="seconds per image/step: diffusers vs bf16 vs go_fast")
+    generation.add_argument("--tiny", action="store_true", help="tiny test models on CPU (seconds, for CI)")
+    generation.add_argument("--repeats", type=int, default=3)
+    generation.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
     configure_logging(logging.WARNING)  # library progress bars off; the table is the output
-    results = bench_lora(args.tiny, args.repeats)
-    print_table(results)
+    if args.command == "generation":
+        from bench_generation import bench_generation, print_report
+
+        results = bench_generation(args.tiny, args.repeats)
+        print_report(results)
+    else:
+        results = bench_lora(args.tiny, args.repeats)
+        print_table(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
@@ -104,44 +110,10 @@ def build_models(root: Path, tiny: bool) -> tuple[FluxModels, str]:
     return models, f"FLUX block layout (19+38 blocks), width 768, {params:.2f} B params, bf16"
 
 
-def write_lora(path: Path, transformer: torch.nn.Module, seed: int) -> Path:
-    """An ai-toolkit style LoRA (PEFT keys, fp16, no alpha) on every Linear of every block."""
-    generator = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for name, module in transformer.named_modules():
-        if isinstance(module, torch.nn.Linear) and "transformer_blocks." in name:
-            a = torch.randn(RANK, module.in_features, generator=generator) * 0.01
-            b = torch.randn(module.out_features, RANK, generator=generator) * 0.01
-            tensors[f"transformer.{name}.lora_A.weight"] = a.half()
-            tensors[f"transformer.{name}.lora_B.weight"] = b.half()
-    save_file(tensors, path)
-    return path
-
-
 def lora_layers(transformer: torch.nn.Module) -> int:
     return sum(
         1 for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear) and "transformer_blocks." in n
     )
-
-
-class static_server:
-    """A loopback file server standing in for a LoRA host, so a cold load includes a real download."""
-
-    def __init__(self, folder: Path):
-        handler = partial(_QuietHandler, directory=str(folder))
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-
-    def __enter__(self) -> str:
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
 
 
 class Session:
@@ -187,12 +159,6 @@ OPERATIONS = {
     "rescale": "re-scale an attached LoRA",
     "slots": "A+B -> B+A (slots swapped, new scales)",
 }
-
-
-def timed(action: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    action()
-    return time.perf_counter() - start
 
 
 def print_table(results: dict) -> None:
