@@ -1,0 +1,83 @@
+"""go_fast routing in the service, on CPU: a FastPath whose transformers are plain tiny ones (fp8 and compile
+need a GPU) stands in for the fp8 models, so what is tested is the service's choice of models, the x1.5 LoRA
+multiplier on that path, and the fallback for a LoRA that cannot be hotswapped."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from generation.fast_path import FastPath
+from generation.loras import LoraStage
+from generation.pipelines import FluxModels
+from generation.request import GenerationRequest, LoraChoice
+from generation.service import GenerationService
+from lora_loader.adapters import AdapterManager
+from lora_loader.hotswap import HotswapAdapterManager
+from tests import lora_fixtures
+from tests.fakes.lora_servers import FakeServer
+from weights.layout import FLUX_DEV, FLUX_SCHNELL
+
+
+@pytest.fixture(scope="module")
+def fast_service(service, tiny_weights):
+    fast_models = FluxModels.load(
+        tiny_weights / FLUX_DEV.name, tiny_weights / FLUX_SCHNELL.name, torch.device("cpu"), torch.float32
+    )
+    hotswap = HotswapAdapterManager(fast_models)
+    hotswap.prepare(("dev", "schnell"), max_rank=16)
+    loras = LoraStage(service.loras.fetcher, AdapterManager(service.models), hotswap)
+    fast = FastPath(fast_models, hotswap)
+    yield GenerationService(service.settings, service.models, service.safety, loras, fast)
+    loras.plain.apply("dev", None, None)
+
+
+@pytest.fixture(scope="module")
+def lora_urls(service, tmp_path_factory):
+    pipe = service.models.pipeline("dev", "txt2img")
+    shapes = lora_fixtures.linear_shapes(pipe.transformer), lora_fixtures.linear_shapes(pipe.text_encoder)
+    folder = tmp_path_factory.mktemp("routing-loras")
+    with FakeServer() as site:
+        urls = {}
+        for name, fmt in (("transformer", "diffusers"), ("with_clip", "kohya_text_encoder")):
+            data = lora_fixtures.write_fixture(fmt, folder, *shapes, seed=7).path.read_bytes()
+            urls[name] = site.add_file(f"/{name}.safetensors", data)
+        yield urls
+
+
+def render(service, **fields):
+    fields = dict(
+        prompt="a photo of TOK",
+        num_inference_steps=2,
+        megapixels="0.25",
+        seed=3,
+        output_format="png",
+        disable_safety_checker=True,
+        **fields,
+    )
+    [path] = service.generate(GenerationRequest(**fields))
+    return path.read_bytes()
+
+
+def test_go_fast_runs_the_fast_models_with_both_scales_times_1_5(fast_service, lora_urls, caplog):
+    caplog.set_level("INFO")
+    lora = lora_urls["transformer"]
+    fast = render(fast_service, go_fast=True, main_lora=LoraChoice(lora, 0.4))
+    assert any(r.getMessage() == "go_fast: running the fp8 transformer, compiled" for r in caplog.records)
+    plain_at_0_6 = render(fast_service, go_fast=False, main_lora=LoraChoice(lora, 0.6))
+    plain_at_0_4 = render(fast_service, go_fast=False, main_lora=LoraChoice(lora, 0.4))
+    assert fast == plain_at_0_6 != plain_at_0_4, "go_fast at 0.4 must equal the plain path at 0.4 x 1.5"
+
+
+def test_custom_size_with_go_fast_runs_plain_and_says_so(fast_service, caplog):
+    caplog.set_level("INFO")
+    render(fast_service, go_fast=True, aspect_ratio="custom", width=256, height=256)
+    assert any("custom sizes run in bf16" in r.getMessage() for r in caplog.records)
+
+
+def test_a_lora_that_cannot_be_hotswapped_runs_plain_with_plain_scales(fast_service, lora_urls, caplog):
+    caplog.set_level("INFO")
+    lora = lora_urls["with_clip"]  # CLIP layers: not in the compiled transformer's slots
+    fallback = render(fast_service, go_fast=True, main_lora=LoraChoice(lora, 0.5))
+    assert any("this request runs the plain path" in r.getMessage() for r in caplog.records)
+    assert fallback == render(fast_service, go_fast=False, main_lora=LoraChoice(lora, 0.5))
