@@ -14,11 +14,17 @@ shared decorator or generated signature would be invisible to that static reader
 
 from typing import Optional
 
+import cog.types
 from cog import BasePredictor, Input, Path
 
+from generation import input_urls
 from generation.logs import configure_logging
 from generation.request import GenerationRequest, LoraChoice
 from generation.service import GenerationService
+
+# Cog downloads image/mask URLs before predict() runs, with no address check or size cap of its own; from
+# here on they download under the LoRA address policy, timeouts and the input-image cap (see input_urls).
+input_urls.install(cog.types)
 
 PROMPT = (
     "Prompt for generated image. If you include the `trigger_word` used in the training process you are "
@@ -132,6 +138,8 @@ class Predictor(BasePredictor):
         extra_lora_scale: float,
         **fields,
     ) -> list[Path]:
+        for name in ("image", "mask"):  # a plain string is a server path the client typed, not a download
+            fields[name] = input_urls.require_file(fields[name], name)
         request = GenerationRequest(
             **fields,
             main_lora=LoraChoice.of(main_lora, lora_scale),

@@ -3,21 +3,28 @@
 Replicate's trainer publishes a tar (`output/flux_train_replicate/lora.safetensors`, `config.yaml`,
 `captions/*.txt`); data: URIs may hold one too. Nothing is extracted by the tar's own paths: the LoRA
 is streamed into a file we name, so absolute paths and `..` cannot write outside the cache. Tars that
-carry such names anyway, or a LoRA that is a link, or members larger than the cache may hold, are
-refused outright: they are not what a trainer writes.
+carry such names anyway, or links, devices or fifos, or a LoRA larger than the size limit, are refused
+outright: they are not what a trainer writes.
+
+A compressed tar is a decompression bomb candidate: a few kB of gzip can claim terabytes. Members are
+read one header at a time and the archive is refused as soon as its unpacked extent passes the limit
+(plus room for the config and captions) or it has more members than any trainer writes, so neither
+disk nor CPU is spent on the rest; the LoRA's copy is capped too, whatever its header said.
 """
 
 from __future__ import annotations
 
-import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .errors import LoraError
+from .http import SizeLimit
 
 MAX_CONFIG_BYTES = 1_000_000
 CONFIG_NAME = "config.yaml"
+MAX_MEMBERS = 10_000  # a trainer's tar has a LoRA, a config and one caption per training image
+EXTRA_BYTES = 256 * 10**6  # what the members beside the LoRA (captions, config, samples) may add
 
 
 @dataclass(frozen=True)
@@ -33,29 +40,46 @@ def is_tar(path: Path) -> bool:
         return False
 
 
-def extract_lora(tar_path: Path, dest: Path, max_bytes: int, what: str) -> TarLora:
+def extract_lora(tar_path: Path, dest: Path, limit: SizeLimit, what: str) -> TarLora:
     """Write the tar's single .safetensors member to `dest`; LoraError unless there is exactly one."""
     try:
         with tarfile.open(tar_path, mode="r:*") as tar:
-            members = tar.getmembers()
-            _check_names(members, what)
+            members = _safe_members(tar, limit, what)
             lora = _single_lora(members, what)
-            if lora.size > max_bytes:
-                raise LoraError(
-                    f"The LoRA in {what} is {lora.size} bytes, more than the cache may hold "
-                    f"(LORA_CACHE_MAX_BYTES={max_bytes}). Raise LORA_CACHE_MAX_BYTES."
-                )
-            _copy_member(tar, lora, dest)
+            limit.check(f"The LoRA in {what}", lora.size)
+            _copy_member(tar, lora, dest, limit, what)
             return TarLora(lora.name, _config_text(tar, members, lora))
-    except tarfile.TarError as error:
+    except (tarfile.TarError, EOFError, OSError) as error:  # EOFError, OSError: a damaged gzip stream
+        if isinstance(error, OSError) and not _is_format_error(error):
+            raise  # the disk, not the archive: the caller reports it
         raise LoraError(f"{what} is not a readable tar archive ({error}). Check the link.") from None
 
 
-def _check_names(members: list[tarfile.TarInfo], what: str) -> None:
-    for member in members:
+def _safe_members(tar: tarfile.TarFile, limit: SizeLimit, what: str) -> list[tarfile.TarInfo]:
+    """Every member, header by header, refusing unsafe names and types and bomb-sized extents early."""
+    members = []
+    budget = limit.max_bytes + EXTRA_BYTES
+    for member in tar:  # reads one header at a time (seeking a gzip stream decompresses up to it)
         path = PurePosixPath(member.name)
         if path.is_absolute() or ".." in path.parts:
             raise LoraError(f"{what} is an unsafe tar: member {member.name!r} points outside the archive.")
+        if not (member.isfile() or member.isdir()):
+            kind = "a link" if member.issym() or member.islnk() else "a device or fifo"
+            raise LoraError(f"{what} is an unsafe tar: {member.name!r} is {kind}, not a file.")
+        if member.offset_data + member.size > budget:
+            raise LoraError(
+                f"{what} unpacks to more than {budget} bytes (member {member.name!r}), more than a LoRA tar "
+                f"holds; the LoRA itself may be at most {limit.max_bytes} bytes. Publish the LoRA file alone."
+            )
+        members.append(member)
+        if len(members) > MAX_MEMBERS:
+            raise LoraError(f"{what} has more than {MAX_MEMBERS} members; a LoRA tar holds a handful.")
+    return members
+
+
+def _is_format_error(error: OSError) -> bool:
+    # gzip/bz2/lzma raise OSError subclasses (BadGzipFile) or OSError without errno for damaged data.
+    return error.errno is None
 
 
 def _is_candidate(member: tarfile.TarInfo) -> bool:
@@ -66,8 +90,6 @@ def _is_candidate(member: tarfile.TarInfo) -> bool:
 
 def _single_lora(members: list[tarfile.TarInfo], what: str) -> tarfile.TarInfo:
     candidates = [m for m in members if _is_candidate(m)]
-    if len(candidates) == 1 and not candidates[0].isfile():
-        raise LoraError(f"{what} is an unsafe tar: {candidates[0].name!r} is a link, not a file.")
     if len(candidates) == 1:
         return candidates[0]
     if not candidates:
@@ -80,12 +102,16 @@ def _single_lora(members: list[tarfile.TarInfo], what: str) -> tarfile.TarInfo:
     )
 
 
-def _copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> None:
+def _copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path, limit: SizeLimit, what: str) -> None:
     source = tar.extractfile(member)
     if source is None:  # pragma: no cover - isfile() members always have data
         raise LoraError(f"{member.name} in the tar has no data.")
+    written = 0
     with source, dest.open("wb") as out:
-        shutil.copyfileobj(source, out, length=1 << 20)
+        while chunk := source.read(1 << 20):
+            written += len(chunk)
+            limit.check(f"The LoRA in {what}", written)  # whatever the header claimed
+            out.write(chunk)
 
 
 def _config_text(tar: tarfile.TarFile, members: list[tarfile.TarInfo], lora: tarfile.TarInfo) -> str | None:

@@ -17,8 +17,14 @@ so callers that race on one LoRA wait for the first one's download instead of re
 Eviction removes least recently used entries until the new one fits. An entry used in the last
 `in_use_seconds` counts as in use (its caller may still be loading it, in this or another process), as
 does one whose lock someone holds; those are skipped even if the cache then stays over its cap for a
-while, which is logged. A file larger than the whole cap is refused before it is committed. Keys are
-hashes, so no source string, let alone a token, ends up in a file name.
+while, which is logged. The evictor looks at the entry's last use again once it holds the entry's lock,
+and a lookup whose mark-as-used finds the entry gone reports a miss, so a lookup racing an eviction in
+another process gets a fresh download rather than a path that is about to vanish. A file larger than
+the whole cap is refused before it is committed. Keys are hashes, so no source string, let alone a
+token, ends up in a file name.
+
+A full disk fails the write that hit it; the work folder (with whatever part was written) is removed
+when the writer's `writing()` block ends, so nothing partial is ever left under `entries/` or `tmp/`.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from .errors import LoraError
-from .http import format_size, too_big
+from .http import cache_limit, format_size
 from .validate import check_safetensors
 
 logger = logging.getLogger(__name__)
@@ -76,8 +82,8 @@ class LoraCache:
     def lookup(self, key: str) -> CacheEntry | None:
         """The complete, valid entry `key`, marked as just used; None when absent or not usable."""
         entry = self._read(key)
-        if entry is not None:
-            _touch(self.entries_dir / key / SIDECAR)
+        if entry is not None and not _touch(self.entries_dir / key / SIDECAR):
+            return None  # evicted between the read and the mark: a miss, not a vanishing path
         return entry
 
     def _read(self, key: str) -> CacheEntry | None:
@@ -133,14 +139,13 @@ class LoraCache:
     def commit(self, key: str, lora_path: Path, sidecar: dict) -> CacheEntry:
         """Install `lora_path` (in `key`'s work folder, writer lock held) as entry `key`, evicting to fit."""
         size = lora_path.stat().st_size
-        if size > self.max_bytes:
-            raise too_big(sidecar.get("source", "The LoRA"), size, self.max_bytes)
+        cache_limit(self.max_bytes).check(sidecar.get("source", "The LoRA"), size)
         staged = lora_path.parent / f".entry-{uuid.uuid4().hex}"
         staged.mkdir()
         os.replace(lora_path, staged / LORA_FILE)
         sidecar = {"format": SIDECAR_FORMAT, "key": key, **sidecar, "size": size}
         sidecar.setdefault("fetched_at", datetime.now(UTC).isoformat(timespec="seconds"))
-        (staged / SIDECAR).write_text(json.dumps(sidecar, indent=2, sort_keys=True))
+        _write_sidecar(staged / SIDECAR, sidecar)
         with FileLock(self.locks_dir / "cache.lock", timeout=LOCK_TIMEOUT_S):
             self._make_room(size, keep=key)
             self._remove_entry(key)  # an unusable leftover under the same key
@@ -189,13 +194,18 @@ class LoraCache:
         )
 
     def _evict(self, key: str) -> bool:
-        """Remove entry `key` unless someone holds its lock (they are replacing or reading it)."""
+        """Remove entry `key` unless someone holds its lock (they are replacing it) or used it just now."""
         lock = FileLock(self.locks_dir / f"{key}.lock")
         try:
             lock.acquire(timeout=0)
         except Timeout:
             return False
         try:
+            try:  # looked up since the scan, perhaps by another process: it is in use again
+                if time.time() - (self.entries_dir / key / SIDECAR).stat().st_mtime < self.in_use_seconds:
+                    return False
+            except FileNotFoundError:
+                return True  # gone already
             self._remove_entry(key)
         finally:
             lock.release()
@@ -228,8 +238,16 @@ class LoraCache:
                 lock.release()
 
 
-def _touch(path: Path) -> None:
+def _write_sidecar(path: Path, sidecar: dict) -> None:
+    path.write_text(json.dumps(sidecar, indent=2, sort_keys=True))
+
+
+def _touch(path: Path) -> bool:
+    """Mark the entry used; False when it is gone (evicted meanwhile)."""
     try:
         os.utime(path)
+    except FileNotFoundError:
+        return False
     except OSError:
-        pass  # evicted meanwhile, or a read-only cache: recency is a hint, not a requirement
+        pass  # a read-only cache: recency is a hint, not a requirement
+    return True

@@ -5,7 +5,13 @@ takes the entry's lock, looks again, and fetches by kind: Replicate `_weights` t
 huggingface_hub, CivitAI through its API, any URL, data: URIs. The bytes land in the entry's work
 folder; a tar gives up its one .safetensors (`archives`); the file is validated (`validate`), hashed,
 its trigger words collected (`triggers`), and committed as a cache entry. Local files are validated in
-place and not copied.
+place and not copied, and only from the folders LORA_LOCAL_DIRS names: the LoRA string comes from whoever
+sends the prediction, and a path is a way to read the server's own files.
+
+Limits: every file is held to the tighter of LORA_MAX_FILE_BYTES and LORA_CACHE_MAX_BYTES, from the
+announced size before downloading and from the bytes while downloading (`http.SizeLimit`), for data: URIs
+and tar members too. A full disk is a LoraError that says so; the entry's work folder is removed with
+whatever part was written.
 
 Cache keys: `<kind>-<hash>` of the source's normalized identity, the endpoint it resolves against, and
 the token scope (a short hash of the token sent, or "anonymous"), so a file fetched with a token is
@@ -16,6 +22,7 @@ model's newest version): clear the entry to pick up a newer upload.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -29,7 +36,18 @@ from . import civitai, huggingface
 from .archives import extract_lora, is_tar
 from .cache import DEFAULT_IN_USE_SECONDS, CacheEntry, LoraCache
 from .errors import LoraError
-from .http import HttpStatusError, RetryPolicy, bearer, download, format_size, make_client
+from .http import (
+    HttpStatusError,
+    RetryPolicy,
+    SizeLimit,
+    Timeouts,
+    bearer,
+    cache_limit,
+    download,
+    file_limit,
+    format_size,
+    make_client,
+)
 from .netpolicy import AddressPolicy
 from .settings import LoraSettings
 from .sources import (
@@ -86,6 +104,8 @@ class LoraFetcher:
         self.cache = LoraCache(cache_dir, max_bytes, in_use_seconds=in_use_seconds)
         self.retry = retry or RetryPolicy()
         self.policy = policy or AddressPolicy(allow_private=settings.allow_private_urls)
+        self.timeouts = Timeouts(connect=settings.connect_timeout, read=settings.read_timeout)
+        self.limit = SizeLimit.tightest(cache_limit(max_bytes), file_limit(settings.max_file_bytes))
         self._local_hashes: dict[tuple[str, int, int], str] = {}
 
     @classmethod
@@ -119,13 +139,22 @@ class LoraFetcher:
             if entry is not None:
                 logger.info("LoRA %s: cache hit (%s, %s)", src.display, format_size(entry.size), entry.key)
                 return _lora_file(entry)
-        with self.cache.writing(key, src.display) as work:
-            entry = self.cache.lookup(key)
-            if entry is not None:
-                logger.info("LoRA %s: fetched meanwhile by another caller (%s)", src.display, entry.key)
-                return _lora_file(entry)
-            fetched = self._fetch_kind(src, work)
-            entry = self._finish(src, key, scope, fetched, work)
+        try:
+            with self.cache.writing(key, src.display) as work:
+                entry = self.cache.lookup(key)
+                if entry is not None:
+                    logger.info("LoRA %s: fetched meanwhile by another caller (%s)", src.display, entry.key)
+                    return _lora_file(entry)
+                fetched = self._fetch_kind(src, work)
+                entry = self._finish(src, key, scope, fetched, work)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise LoraError(
+                f"The disk holding the LoRA cache ({self.cache.root}) is full, so {src.display} could not be "
+                "stored; nothing partial was kept. Free space there, or set LORA_CACHE_MAX_BYTES to what the "
+                "disk can hold so that older LoRAs are evicted first."
+            ) from error
         logger.info(
             "LoRA %s: ready (%s, sha256 %s, trigger words: %s)",
             src.display,
@@ -139,12 +168,13 @@ class LoraFetcher:
         if isinstance(src, HuggingFaceFile):
             return self._fetch_hf(src, work)
         if isinstance(src, DataUri):
+            self.limit.check(f"LoRA {src.display}", len(src.payload))
             payload = work / "payload"
             payload.write_bytes(src.payload)
             return _Fetched(payload, archive_allowed=True)
         if isinstance(src, LocalPath):
             return _Fetched(src.path, archive_allowed=True)
-        with make_client(self.policy) as client:
+        with make_client(self.policy, self.timeouts) as client:
             if isinstance(src, ReplicateModel):
                 return self._fetch_replicate(client, src, work)
             if isinstance(src, (CivitaiModel, CivitaiVersion)):
@@ -155,7 +185,7 @@ class LoraFetcher:
         lora = work / "lora.safetensors"
         triggers = fetched.trigger_words
         if fetched.archive_allowed and is_tar(fetched.payload):
-            unpacked = extract_lora(fetched.payload, lora, self.cache.max_bytes, src.display)
+            unpacked = extract_lora(fetched.payload, lora, self.limit, src.display)
             logger.info("LoRA %s: using %s from the tar", src.display, unpacked.member)
             triggers = merge(from_trainer_config(unpacked.config_text or ""), triggers)
         else:
@@ -200,29 +230,46 @@ class LoraFetcher:
         return _Fetched(payload, archive_allowed=src.archive)
 
     def _fetch_hf(self, src: HuggingFaceFile, work: Path) -> _Fetched:
-        got = huggingface.download(src, work, endpoint=self.settings.hf_endpoint, token=self.settings.hf_token)
+        settings = self.settings
+        got = huggingface.download(src, work, endpoint=settings.hf_endpoint, token=settings.hf_token, limit=self.limit)
         return _Fetched(got.path, False, got.trigger_words, {"hf_file": got.filename})
 
     def _download(self, client: httpx.Client, url: str, work: Path, what: str, headers: dict[str, str]) -> Path:
         dest = work / "download.part"
-        download(
-            client, url, dest, headers=headers, what=f"LoRA {what}", max_bytes=self.cache.max_bytes, retry=self.retry
-        )
+        download(client, url, dest, headers=headers, what=f"LoRA {what}", limit=self.limit, retry=self.retry)
         return dest
 
     # -- local files -----------------------------------------------------------------------------
 
     def _local_file(self, src: LocalPath) -> Path:
-        path = src.path.expanduser().absolute()
+        path = self._allowed_local(src.path.expanduser().absolute(), src.display)
         if path.is_dir():
             files = [p.relative_to(path).as_posix() for p in sorted(path.rglob("*")) if p.is_file()]
             chosen, candidates = huggingface.choose_lora(files)
             if chosen is None:
                 raise huggingface.ambiguity_error(f"The folder {path}", candidates, files, f"{path}/{{file}}")
-            return path / chosen
+            return self._allowed_local(path / chosen, src.display)  # a link in the folder may lead out
         if not path.is_file():
             raise LoraError(f"There is no file or folder at {path}. Check the path (relative paths start with ./).")
         return path
+
+    def _allowed_local(self, path: Path, shown: str) -> Path:
+        """`path` with links resolved, if it lies in a LORA_LOCAL_DIRS folder; checked before anything is
+        read, so a refused path says nothing about what exists there."""
+        folders = self.settings.local_dirs
+        if not folders:
+            raise LoraError(
+                f"Local LoRA paths ({shown}) are not allowed on this server. Use a URL, a Hugging Face, CivitAI or "
+                "Replicate name, or a data: URI; an operator can allow local folders with "
+                f"LORA_LOCAL_DIRS=/path/to/loras (several separated by {os.pathsep!r})."
+            )
+        real = path.resolve()
+        if not any(real.is_relative_to(folder) for folder in folders):
+            raise LoraError(
+                f"{shown} is outside the folders LORA_LOCAL_DIRS allows LoRAs to be read from. Put the LoRA in "
+                "one of them, or use a URL."
+            )
+        return real
 
     def _local_lora(self, src: LocalPath, path: Path) -> LoraFile:
         info = check_safetensors(path, str(path))

@@ -2,16 +2,20 @@
 downloads that resume or retry, JSON API calls, and status errors the fetcher turns into advice.
 
 Downloads stream into a file the caller names (a temp file in the cache) and hash nothing: the caller
-validates and hashes once the bytes are complete. Dropped connections are resumed with
-`Range: bytes=N-` guarded by `If-Range` (a strong ETag or Last-Modified) when the server advertised
-`Accept-Ranges: bytes`; a server that answers 200 to that, or gave no validator, gets a clean restart.
-Attempts that made progress retry at once; attempts that made none back off (bounded, exponential) and
-count against `RetryPolicy.attempts`. Bodies are never content-decoded (`Accept-Encoding: identity`),
-so byte offsets are file offsets.
+validates and hashes once the bytes are complete. A `SizeLimit` is enforced twice: from Content-Length
+before the first byte is written, and on the bytes actually received (a server may lie or announce
+nothing). Dropped connections are resumed with `Range: bytes=N-` guarded by `If-Range` (a strong ETag or
+Last-Modified) when the server advertised `Accept-Ranges: bytes`; a server that answers 200 to that, or
+gave no validator, gets a clean restart. A body shorter than its Content-Length is a dropped connection.
+Attempts that made progress retry at once; attempts that made none back off (bounded, exponential, or the
+server's Retry-After up to `max_delay`) and count against `RetryPolicy.attempts`. A server that stalls
+trips the read timeout (`Timeouts`), which fails the attempt like a dropped connection. Bodies are never
+content-decoded (`Accept-Encoding: identity`), so byte offsets are file offsets.
 
 Redirects are followed by httpx, which also drops `Authorization` when a redirect leaves the origin
-(CivitAI's 307 to a signed storage URL must not carry the CivitAI token). Each hop goes through
-`PolicyTransport`, so the address policy sees the first URL and every redirect.
+(CivitAI's 307 to a signed storage URL must not carry the CivitAI token). Every connection, the first
+URL's and each redirect's, is made by `transport.GuardedTransport`, which dials only addresses the
+address policy resolved and allowed (no DNS rebinding); environment proxies are not used.
 
 Nothing here logs a query string: signed URLs carry credentials there. httpx's own INFO request lines
 would, as would huggingface_hub's retry warnings, so a filter on those loggers strips queries.
@@ -24,7 +28,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -33,6 +37,7 @@ import httpx
 from .errors import LoraError
 from .netpolicy import AddressPolicy
 from .sources import redact_url
+from .transport import GuardedTransport
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +54,53 @@ class RetryPolicy:
     base_delay: float = 0.5
     max_delay: float = 8.0
     max_total_attempts: int = 30  # a bound even when every try makes a little progress
+    sleep: Callable[[float], None] = field(default=time.sleep, repr=False, compare=False)  # tests record it
 
-    def delay(self, failures: int) -> float:
+    def delay(self, failures: int, retry_after: float | None = None) -> float:
+        if retry_after is not None:  # the server said when; never longer than we would wait anyway
+            return min(max(retry_after, 0.0), self.max_delay)
         return min(self.base_delay * 2 ** (failures - 1), self.max_delay)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 10.0  # to open a connection (each address tried)
+    read: float = 30.0  # the longest a server may stay silent: before the headers or between two chunks
+
+    def httpx(self) -> httpx.Timeout:
+        return httpx.Timeout(self.read, connect=self.connect)
+
+
+@dataclass(frozen=True)
+class SizeLimit:
+    """The most bytes a file may have, and the advice when one has more (which setting raises it)."""
+
+    max_bytes: int
+    advice: str  # completes "<what> is <size>, more than ..."
+
+    def check(self, what: str, size: int) -> None:
+        if size > self.max_bytes:
+            raise LoraError(f"{what} is {format_size(size)}, more than {self.advice}")
+
+    @classmethod
+    def tightest(cls, *limits: SizeLimit) -> SizeLimit:
+        return min(limits, key=lambda limit: limit.max_bytes)
+
+
+def cache_limit(max_bytes: int) -> SizeLimit:
+    return SizeLimit(
+        max_bytes,
+        f"the whole LoRA cache may hold (LORA_CACHE_MAX_BYTES={max_bytes}, {format_size(max_bytes)}). "
+        "Raise LORA_CACHE_MAX_BYTES to use it.",
+    )
+
+
+def file_limit(max_bytes: int) -> SizeLimit:
+    return SizeLimit(
+        max_bytes,
+        f"a LoRA file may be (LORA_MAX_FILE_BYTES={max_bytes}, {format_size(max_bytes)}). FLUX LoRAs are "
+        "usually 20 MB to 1.3 GB; an operator can raise LORA_MAX_FILE_BYTES.",
+    )
 
 
 class HttpStatusError(Exception):
@@ -69,28 +118,21 @@ class DownloadResult:
     restarts: int  # connections that dropped and were resumed or restarted
 
 
-class PolicyTransport(httpx.BaseTransport):
-    """An httpx transport that refuses requests the address policy forbids, redirects included."""
+def make_client(
+    policy: AddressPolicy, timeouts: Timeouts | None = None, transport: httpx.BaseTransport | None = None
+) -> httpx.Client:
+    """The one way downloads get a client: pinned, policy-checked connections, bounded redirects and time.
 
-    def __init__(self, policy: AddressPolicy, inner: httpx.BaseTransport | None = None) -> None:
-        self.policy = policy
-        self.inner = inner or httpx.HTTPTransport()
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        self.policy.check(request.url.scheme, request.url.host, request.url.port)
-        return self.inner.handle_request(request)
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-def make_client(policy: AddressPolicy, timeout: float = 30.0) -> httpx.Client:
+    `trust_env=False`: an HTTP(S)_PROXY from the environment would be mounted in front of `transport`
+    and resolve names itself, out of the address policy's reach.
+    """
     return httpx.Client(
-        transport=PolicyTransport(policy),
+        transport=transport or GuardedTransport(policy),
         follow_redirects=True,
         max_redirects=10,
-        timeout=httpx.Timeout(timeout, connect=10.0),
+        timeout=(timeouts or Timeouts()).httpx(),
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+        trust_env=False,
     )
 
 
@@ -104,7 +146,7 @@ def get_json(client: httpx.Client, url: str, headers: Mapping[str, str], retry: 
     def attempt() -> object:
         response = client.get(url, headers=dict(headers))
         if response.status_code in RETRY_STATUSES:
-            raise _Transient(f"HTTP {response.status_code}")
+            raise _Transient(f"HTTP {response.status_code}", _retry_after(response))
         if response.status_code >= 400:
             raise HttpStatusError(response.status_code, url, _error_detail(response.content))
         try:
@@ -122,11 +164,11 @@ def download(
     *,
     headers: Mapping[str, str],
     what: str,
-    max_bytes: int,
+    limit: SizeLimit,
     retry: RetryPolicy,
 ) -> DownloadResult:
     """Stream `url` into `dest` (replaced), resuming or restarting dropped connections."""
-    state = _DownloadState(url, dict(headers), what, max_bytes)
+    state = _DownloadState(url, dict(headers), what, limit)
     failures = total_attempts = 0
     with dest.open("wb") as out:
         while True:
@@ -143,19 +185,23 @@ def download(
                 state.restarts += 1
                 logger.info("%s: attempt failed at %s (%s); retrying", what, format_size(state.written), _reason(error))
                 if not progressed:
-                    time.sleep(retry.delay(failures))
+                    retry.sleep(retry.delay(failures, getattr(error, "retry_after", None)))
     return state.finish()
 
 
 class _Transient(Exception):
     """A failure worth retrying that is not a transport error (a 5xx, a short body)."""
 
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
 
 class _DownloadState:
     """What one download knows between attempts: bytes on disk, the validator, the size."""
 
-    def __init__(self, url: str, headers: dict[str, str], what: str, max_bytes: int) -> None:
-        self.url, self.headers, self.what, self.max_bytes = url, headers, what, max_bytes
+    def __init__(self, url: str, headers: dict[str, str], what: str, limit: SizeLimit) -> None:
+        self.url, self.headers, self.what, self.limit = url, headers, what, limit
         self.written = 0
         self.total: int | None = None
         self.validator: str | None = None  # strong ETag or Last-Modified, for If-Range
@@ -188,7 +234,7 @@ class _DownloadState:
             self.validator = None
             raise _Transient(f"HTTP {status} to a resume request")
         if status in RETRY_STATUSES:
-            raise _Transient(f"HTTP {status}")
+            raise _Transient(f"HTTP {status}", _retry_after(response))
         raise HttpStatusError(status, self.url, _error_detail(_read_prefix(response)))
 
     def _start_over(self, out: BinaryIO, response: httpx.Response) -> None:
@@ -201,17 +247,17 @@ class _DownloadState:
         self.total = int(length) if length and length.isdigit() else None
         self.ranges = response.headers.get("Accept-Ranges", "").lower() == "bytes"
         self.validator = _validator(response)
-        if self.total is not None and self.total > self.max_bytes:
-            raise too_big(self.what, self.total, self.max_bytes)
+        if self.total is not None:
+            self.limit.check(self.what, self.total)  # before the first byte is written
         if self.progress is None:
             logger.info("%s: downloading %s", self.what, format_size(self.total) if self.total else "(size unknown)")
             self.progress = _Progress(self.what, self.total)
 
     def _write(self, out: BinaryIO, chunk: bytes) -> None:
+        if self.written + len(chunk) > self.limit.max_bytes:  # a server that announced less, or nothing
+            self.limit.check(self.what, self.written + len(chunk))
         out.write(chunk)
         self.written += len(chunk)
-        if self.written > self.max_bytes:
-            raise too_big(self.what, self.written, self.max_bytes)
         if self.progress is not None:
             self.progress.update(self.written)
 
@@ -249,27 +295,33 @@ def _retrying(fn: Callable[[], object], url: str, retry: RetryPolicy) -> object:
         except (httpx.TransportError, _Transient) as error:
             if failures >= retry.attempts:
                 raise _gave_up(redact_url(url), failures, error) from error
-            time.sleep(retry.delay(failures))
+            retry.sleep(retry.delay(failures, getattr(error, "retry_after", None)))
     raise AssertionError("unreachable")
 
 
 def _gave_up(what: str, attempts: int, error: Exception) -> LoraError:
+    stalled = (
+        " The server stopped sending data (an operator can raise LORA_READ_TIMEOUT for slow sites)."
+        if isinstance(error, httpx.ReadTimeout)
+        else ""
+    )
     return LoraError(
-        f"Could not download {what}: {attempts} attempts failed (last: {_reason(error)}). "
+        f"Could not download {what}: {attempts} attempts failed (last: {_reason(error)}).{stalled} "
         "The site may be down or unreachable from here; try again later."
     )
 
 
-def too_big(what: str, size: int, max_bytes: int) -> LoraError:
-    return LoraError(
-        f"{what} is {format_size(size)}, more than the whole LoRA cache may hold "
-        f"(LORA_CACHE_MAX_BYTES={max_bytes}, {format_size(max_bytes)}). Raise LORA_CACHE_MAX_BYTES to use it."
-    )
+def _retry_after(response: httpx.Response) -> float | None:
+    """Retry-After in seconds (the delta form; an HTTP date is rare here and not worth trusting a clock)."""
+    value = response.headers.get("Retry-After", "").strip()
+    return float(value) if value.isdigit() else None
 
 
 def _reason(error: Exception) -> str:
     # httpx messages never include the URL, but keep the type: "ReadError" says more than an empty string.
     text = str(error).splitlines()[0] if str(error) else ""
+    if isinstance(error, _Transient):  # our own words ("HTTP 503"), no type name needed
+        return text
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 

@@ -3,6 +3,9 @@
 huggingface_hub does the HTTP (its own resume, retries, CDN redirects and typed errors); we pass
 `endpoint=` and `token=` on every call because it reads HF_ENDPOINT once at import and would otherwise
 fall back to a token saved on disk. Never `login()`: that is process-wide and writes the token to disk.
+The file's size comes from the Hub's metadata (one HEAD) and is checked against the size limit before
+any byte is downloaded; the Hub is the operator's configured endpoint, so its word on the size is taken,
+and the size on disk is checked again afterwards.
 
 Which file of a repo is the LoRA (when the user names none), in order:
 1. only `*.safetensors` count, minus names with `optimizer`, `scheduler`, `checkpoint` (diffusers'
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import httpx2  # huggingface_hub's HTTP client: its transport errors are what a network failure raises
-from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -38,7 +41,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import tqdm as hf_tqdm
 
 from .errors import LoraError
-from .http import format_size
+from .http import SizeLimit, format_size
 from .sources import HuggingFaceFile
 from .triggers import from_model_card
 
@@ -115,11 +118,11 @@ class _SilentProgress(hf_tqdm):
         super().__init__(*args, **kwargs)
 
 
-def download(source: HuggingFaceFile, work: Path, *, endpoint: str, token: str | None) -> HfDownload:
+def download(source: HuggingFaceFile, work: Path, *, endpoint: str, token: str | None, limit: SizeLimit) -> HfDownload:
     """Download the LoRA of `source` into `work`; LoraError for anything the user can fix."""
     token_arg: str | bool = token if token else False  # False: never a token saved on disk
     try:
-        return _download(source, work, endpoint, token_arg)
+        return _download(source, work, endpoint, token_arg, limit)
     except LoraError:
         raise
     except Exception as error:
@@ -129,7 +132,7 @@ def download(source: HuggingFaceFile, work: Path, *, endpoint: str, token: str |
         raise explained from error
 
 
-def _download(source: HuggingFaceFile, work: Path, endpoint: str, token: str | bool) -> HfDownload:
+def _download(source: HuggingFaceFile, work: Path, endpoint: str, token: str | bool, limit: SizeLimit) -> HfDownload:
     filename, triggers = source.filename, ()
     if filename is None:
         files = HfApi(endpoint=endpoint, token=token).list_repo_files(source.repo_id, revision=source.revision)
@@ -140,6 +143,11 @@ def _download(source: HuggingFaceFile, work: Path, endpoint: str, token: str | b
         logger.info("LoRA %s: using %s", source.display, filename)
         if "README.md" in files:
             triggers = _card_triggers(source, work, endpoint, token)
+    what = f"LoRA {source.display} ({filename})"
+    url = hf_hub_url(source.repo_id, filename, revision=source.revision, endpoint=endpoint)
+    metadata = get_hf_file_metadata(url, token=token, endpoint=endpoint, retry_on_errors=True)
+    if metadata.size is not None:
+        limit.check(what, metadata.size)
     started = time.monotonic()
     logger.info("LoRA %s: downloading %s from %s", source.display, filename, endpoint)
     local = hf_hub_download(
@@ -154,6 +162,7 @@ def _download(source: HuggingFaceFile, work: Path, endpoint: str, token: str | b
     path = Path(local)
     seconds = max(time.monotonic() - started, 1e-6)
     size = path.stat().st_size
+    limit.check(what, size)
     logger.info(
         "LoRA %s: downloaded %s in %.1fs (%.1f MB/s)", source.display, format_size(size), seconds, size / 1e6 / seconds
     )

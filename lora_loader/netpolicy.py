@@ -1,21 +1,25 @@
-"""Which hosts a LoRA download may reach: by default only public internet addresses.
+"""Which hosts a download may reach: by default only public internet addresses.
 
-A LoRA URL comes from whoever sends the prediction, so without this check it could make the server
-fetch from its own loopback services, the private network or a cloud metadata endpoint (SSRF) and
-echo bits of the answer back in an error. Every request our HTTP client sends, the first URL and each
-redirect, passes `AddressPolicy.check` (see `http.PolicyTransport`). LORA_ALLOW_PRIVATE_URLS=1 turns
-the check off for tests and local mirrors.
+A LoRA or image URL comes from whoever sends the prediction, so without this check it could make the
+server fetch from its own loopback services, the private network or a cloud metadata endpoint (SSRF) and
+echo bits of the answer back in an error. LORA_ALLOW_PRIVATE_URLS=1 turns the check off for tests and
+local mirrors.
 
-This is the hook, not the fortress: the name is resolved here and again by the connection, so a DNS
-answer that changes in between (rebinding) is not caught yet; pinning the checked address is a later
-hardening.
+`AddressPolicy.addresses(host, port)` resolves a name ONCE, checks EVERY address it resolved to, and
+returns them: the caller connects to those addresses and no others (`transport.PinnedNetworkBackend`),
+so a DNS answer that changes between the check and the connection (rebinding) cannot steer the
+connection to a refused address. Every connection goes through it, the first URL's and each redirect's.
+
+Refused: loopback, private (RFC 1918, CGNAT, ULA), link-local (cloud metadata lives at 169.254.169.254),
+multicast, reserved and unspecified addresses, IPv6 forms that embed an IPv4 address (mapped, NAT64,
+6to4, Teredo) when the embedded one is refused, and the metadata host names themselves.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import LoraError
@@ -25,12 +29,21 @@ Resolver = Callable[[str, int], list[str]]
 
 # Names that are metadata endpoints whatever they resolve to (GCP answers on a public-looking name too).
 METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata", "instance-data"})
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 def resolve(host: str, port: int) -> list[str]:
-    """Every address `host` resolves to (what the connection may end up using)."""
+    """Every address `host` resolves to, in the resolver's order of preference."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return sorted({info[4][0] for info in infos})
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+class AddressRefused(LoraError):
+    """A URL's host is one the policy refuses; the message names the host and why, never the URL."""
+
+
+class ResolutionFailed(LoraError):
+    """The host name did not resolve (perhaps only for now: the transport retries it as a connect error)."""
 
 
 @dataclass(frozen=True)
@@ -39,48 +52,80 @@ class AddressPolicy:
     # Networks allowed even though they are not public (tests use it to prove the check on redirects).
     trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     resolver: Resolver = field(default=resolve, repr=False, compare=False)
+    subject: str = "a LoRA"  # what is downloaded, for the messages: "a LoRA", "the image"
+
+    def check_scheme(self, scheme: str) -> None:
+        if scheme not in ("http", "https"):
+            raise LoraError(f"Downloads of {self.subject} use http or https, not {scheme}://.")
 
     def check(self, scheme: str, host: str, port: int | None) -> None:
-        """Raise LoraError unless a request to scheme://host:port is allowed."""
-        if scheme not in ("http", "https"):
-            raise LoraError(f"LoRA downloads use http or https, not {scheme}://.")
-        if self.allow_private:
-            return
-        name = host.strip("[]").lower().rstrip(".")
-        if name in METADATA_HOSTS:
-            raise _refused(host, "a cloud metadata endpoint")
-        for address in self._addresses(name, port or (443 if scheme == "https" else 80)):
-            reason = self._refusal(address)
-            if reason is not None:
-                raise _refused(host, reason)
+        """Raise unless a request to scheme://host:port is allowed (resolving the name to decide)."""
+        self.check_scheme(scheme)
+        if not self.allow_private:
+            self.addresses(host, port or (443 if scheme == "https" else 80))
 
-    def _addresses(self, name: str, port: int) -> Iterable[IPAddress]:
+    def addresses(self, host: str, port: int) -> list[IPAddress]:
+        """The addresses `host` resolves to, each of them allowed; AddressRefused if any is not.
+
+        One refused address refuses the host: a name that answers both a public and a private address
+        would otherwise reach the private one whenever the connection happens to pick it.
+        """
+        name = host.strip("[]").lower().rstrip(".")
+        if not self.allow_private and name in METADATA_HOSTS:
+            raise self._refused(host, "a cloud metadata endpoint")
+        found = self._resolve(name, port)
+        if not found:
+            raise ResolutionFailed(f"The host {name} resolved to no address. Check the URL.")
+        if not self.allow_private:
+            for address in found:
+                reason = self.refusal(address)
+                if reason is not None:
+                    raise self._refused(host, reason)
+        return found
+
+    def refusal(self, address: IPAddress) -> str | None:
+        """Why `address` is refused, or None when it is allowed."""
+        if any(address in network for network in self.trusted_networks):
+            return None
+        embedded = _embedded_ipv4(address)
+        if embedded is not None:
+            return self.refusal(embedded)
+        if address.is_loopback:
+            return "a loopback address"
+        if address.is_link_local:
+            return "a link-local address (cloud metadata lives there)"
+        if address.is_multicast or address.is_unspecified or not address.is_global:
+            return "a private or reserved address"
+        return None
+
+    def _resolve(self, name: str, port: int) -> list[IPAddress]:
         try:
             return [ipaddress.ip_address(name)]
         except ValueError:
             pass
         try:
             found = self.resolver(name, port)
-        except OSError as error:
-            raise LoraError(f"Cannot resolve the host {name} of the LoRA URL ({error}). Check the URL.") from None
+        except (OSError, UnicodeError) as error:
+            raise ResolutionFailed(f"Cannot resolve the host {name} ({error}). Check the URL.") from None
         return [ipaddress.ip_address(a.split("%", 1)[0]) for a in found]
 
-    def _refusal(self, address: IPAddress) -> str | None:
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        if any(address in network for network in self.trusted_networks):
-            return None
-        if address.is_loopback:
-            return "a loopback address"
-        if address.is_link_local:
-            return "a link-local address (cloud metadata lives there)"
-        if not address.is_global or address.is_multicast:
-            return "a private or reserved address"
+    def _refused(self, host: str, reason: str) -> AddressRefused:
+        return AddressRefused(
+            f"Refusing to download {self.subject} from {host}: it is {reason}. URLs must point to the public "
+            "internet (an operator can set LORA_ALLOW_PRIVATE_URLS=1 for a local mirror)."
+        )
+
+
+def _embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries (::ffff:a.b.c.d, NAT64, 6to4, Teredo's server)."""
+    if not isinstance(address, ipaddress.IPv6Address):
         return None
-
-
-def _refused(host: str, reason: str) -> LoraError:
-    return LoraError(
-        f"Refusing to download a LoRA from {host}: it is {reason}. LoRA URLs must be on the public internet "
-        "(an operator can set LORA_ALLOW_PRIVATE_URLS=1 for a local mirror)."
-    )
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]  # the client's address; the server's is a public relay
+    return None

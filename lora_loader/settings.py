@@ -16,6 +16,10 @@ from .errors import LoraError
 
 DEFAULT_CACHE_DIR = "./weights-cache"
 DEFAULT_MAX_BYTES = 20 * 10**9  # 20 GB, decimal like every size this package prints
+# Real FLUX LoRAs are 20 MB to ~1.3 GB; full-rank "LoRAs" (extracted fine-tunes) reach ~5 GB.
+DEFAULT_MAX_FILE_BYTES = 6 * 10**9
+DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds to open a connection
+DEFAULT_READ_TIMEOUT = 30.0  # seconds a server may stay silent mid-request before the attempt is abandoned
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 DEFAULT_CIVITAI_BASE_URL = "https://civitai.com"
 DEFAULT_REPLICATE_BASE_URL = "https://replicate.com"
@@ -36,6 +40,11 @@ class LoraSettings:
     replicate_token: str | None = field(default=None, repr=False)
     replicate_base_url: str = DEFAULT_REPLICATE_BASE_URL
     allow_private_urls: bool = False
+    # Folders local LoRA paths may be read from (resolved, symlinks followed); empty: local paths refused.
+    local_dirs: tuple[Path, ...] = ()
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    read_timeout: float = DEFAULT_READ_TIMEOUT
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> LoraSettings:
@@ -52,6 +61,10 @@ class LoraSettings:
             replicate_token=text("REPLICATE_API_TOKEN"),
             replicate_base_url=_base_url(text("REPLICATE_BASE_URL") or DEFAULT_REPLICATE_BASE_URL),
             allow_private_urls=(text("LORA_ALLOW_PRIVATE_URLS") or "").lower() in ("1", "true", "yes", "on"),
+            local_dirs=_folders(text("LORA_LOCAL_DIRS")),
+            max_file_bytes=parse_size(text("LORA_MAX_FILE_BYTES"), "LORA_MAX_FILE_BYTES", DEFAULT_MAX_FILE_BYTES),
+            connect_timeout=_seconds(text("LORA_CONNECT_TIMEOUT"), "LORA_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT),
+            read_timeout=_seconds(text("LORA_READ_TIMEOUT"), "LORA_READ_TIMEOUT", DEFAULT_READ_TIMEOUT),
         )
 
 
@@ -67,6 +80,26 @@ def parse_size(value: str | None, name: str, default: int) -> int:
     if size <= 0:
         raise LoraError(f"{name}={value!r} must be more than 0 bytes.")
     return size
+
+
+def _seconds(value: str | None, name: str, default: float) -> float:
+    if value is None:
+        return default
+    try:
+        seconds = float(value.strip().removesuffix("s"))
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0 or seconds == float("inf"):
+        raise LoraError(f"{name}={value!r} is not a timeout; use a number of seconds such as 30.")
+    return seconds
+
+
+def _folders(value: str | None) -> tuple[Path, ...]:
+    """LORA_LOCAL_DIRS: folders separated by os.pathsep (`:` on Linux), resolved now so a later chdir or a
+    swapped symlink cannot widen them."""
+    if value is None:
+        return ()
+    return tuple(Path(part).expanduser().resolve() for part in value.split(os.pathsep) if part.strip())
 
 
 def _base_url(url: str) -> str:

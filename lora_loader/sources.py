@@ -39,7 +39,7 @@ https://replicate.com/, or a .tar URL (https://replicate.delivery/...)
   - CivitAI: civitai.com/models/<model id>[?modelVersionId=<version id>], civitai.com/api/download/models/<version id>
   - any http(s) URL of a .safetensors file (or of a .tar holding one)
   - a data: URI (base64 of a .safetensors file, or of a tar holding one)
-  - a local file or folder: /absolute/path, ./relative/path, file:///path"""
+  - a local file or folder inside LORA_LOCAL_DIRS (when set): /absolute/path, ./relative/path, file:///path"""
 
 
 def _sha(text: str | bytes, length: int = 16) -> str:

@@ -263,7 +263,7 @@ def test_a_lora_larger_than_the_whole_cache_is_refused(fakes, make_fetcher) -> N
         fetcher.fetch(fakes.replicate.add_model("big", "one", trainer_tar(big)))
     small_archive = make_tar({"lora.safetensors": big}, gzip=True)  # zero padding compresses well
     assert len(small_archive) < 50_000
-    with pytest.raises(LoraError, match=r"The LoRA in data:.* is \d+ bytes, more than the cache may hold"):
+    with pytest.raises(LoraError, match=r"The LoRA in data:.* is [\d.]+ kB, more than the whole LoRA cache may hold"):
         fetcher.fetch("data:application/gzip;base64," + base64.b64encode(small_archive).decode())
     assert list(fetcher.cache.entries_dir.iterdir()) == []
 
@@ -313,3 +313,33 @@ def test_tokens_never_reach_logs_or_file_names(fakes, make_fetcher, caplog) -> N
     stored += [p.read_text() for p in fetcher.cache.root.rglob(SIDECAR)]
     assert stored and not any(token in text for token in tokens for text in stored)
     assert fakes.hub.requests and all(r.authorized for r in fakes.hub.requests if r.server == "hub")
+
+
+@pytest.mark.parametrize("kind", ["hf", "replicate", "civitai"])
+def test_each_tokens_entries_stay_with_that_token(fakes, make_fetcher, kind: str) -> None:
+    """Tokens are process-wide settings here (HF_TOKEN, REPLICATE_API_TOKEN, CIVITAI_API_TOKEN), and the
+    cache key holds a hash of the token sent: a file fetched with one is never served to a fetcher (a
+    process, or a future per-request token) without it, nor with another; the site is asked again."""
+    data = lora_bytes(30)
+    if kind == "hf":
+        fakes.hub.add_repo("team/private", {"lora.safetensors": data}, private=True)
+        source, name, token = "huggingface.co/team/private", "HF_TOKEN", HF_TOKEN
+    elif kind == "replicate":
+        fakes.replicate.token = REPLICATE_TOKEN
+        fakes.replicate.add_model("team", "private", trainer_tar(data))
+        source, name, token = "team/private", "REPLICATE_API_TOKEN", REPLICATE_TOKEN
+    else:
+        fakes.civitai.token = CIVITAI_TOKEN
+        fakes.civitai.add_model(31, [FakeVersion(310, data)])
+        source, name, token = "civitai.com/models/31", "CIVITAI_API_TOKEN", CIVITAI_TOKEN
+    fetched = make_fetcher(**{name: token}).fetch(source)
+    assert fetched.path.read_bytes() == data
+    clear_requests(fakes)
+
+    for others in ({}, {name: "another-token-0123456789"}):
+        with pytest.raises(LoraError) as caught:
+            make_fetcher(**others).fetch(source)
+        assert token not in str(caught.value)
+    assert all_requests(fakes), "the site was asked, not the cache"
+    clear_requests(fakes)
+    assert make_fetcher(**{name: token}).fetch(source) == fetched and all_requests(fakes) == []

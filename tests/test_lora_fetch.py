@@ -496,7 +496,7 @@ def test_local_files_folders_and_tars(tmp_path: Path, make_fetcher, monkeypatch)
     (tmp_path / "pack" / "b.safetensors").write_bytes(LORA)
     (tmp_path / "trained.tar").write_bytes(trainer_tar(lora_bytes(5), "LOCALTOK"))
     monkeypatch.chdir(tmp_path)
-    fetcher = make_fetcher()
+    fetcher = make_fetcher(LORA_LOCAL_DIRS=str(tmp_path))
 
     direct = fetcher.fetch(str(folder / "style.safetensors"))
     assert direct.path == folder / "style.safetensors"  # used in place, not copied

@@ -4,8 +4,11 @@
 `Accept-Ranges` and 206 answers to `Range`/`If-Range`, or a server that ignores ranges), JSON, redirects
 and errors; they can demand a bearer token, refuse any Authorization header (what S3 does to a
 presigned URL that also carries one), demand a signature in the query, or wait before the body (so
-that concurrent callers overlap). Faults: `drop_connection` cuts the body at a byte offset. Every
-request is recorded, with the Authorization header's value (tests check which token arrived where).
+that concurrent callers overlap). Faults, each for `times` requests: `drop_connection` cuts the body at
+a byte offset; `stall` sends part of the body and then nothing (until the fault's time is up or the
+server is reset); `fail` answers an error status instead; `wrong_length` announces a Content-Length
+other than the body's. Every request is recorded, with the Authorization header's value (tests check
+which token arrived where) and the Host header (tests of address pinning check the name arrived).
 
 `FakeCivitai` and `FakeReplicate` put the sites' routes on two servers each, an API site and a storage
 host it redirects to, as the real ones do:
@@ -23,6 +26,7 @@ import io
 import json
 import re
 import socket
+import sys
 import tarfile
 import threading
 import time
@@ -105,6 +109,29 @@ class RecordedRequest:
     range: str | None
     if_range: str | None
     status: int
+    host: str | None = None
+
+
+@dataclass
+class Stall:
+    """Send the headers and `after_bytes` of the body, then go silent for `seconds` and hang up."""
+
+    path: str
+    after_bytes: int
+    seconds: float
+    times: int | None = 1
+    hits: int = 0
+
+
+@dataclass
+class WrongLength:
+    """Announce `announced` as the Content-Length (None: no Content-Length at all) while sending the real
+    body, then hang up."""
+
+    path: str
+    announced: int | None
+    times: int | None = 1
+    hits: int = 0
 
 
 @dataclass
@@ -123,17 +150,20 @@ class FailWith:
     status: int
     times: int = 1
     hits: int = 0
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. Retry-After
 
 
 _RANGE = re.compile(r"bytes=(\d+)-$")
+_NO_LENGTH = -1  # send no Content-Length: the body ends when the connection closes
 
 
 class FakeServer:
     def __init__(self) -> None:
         self.routes: dict[str, Route] = {}
-        self.faults: list[DropConnection | FailWith] = []
+        self.faults: list[DropConnection | FailWith | Stall | WrongLength] = []
         self._requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
+        self._released = threading.Event()  # ends every stall at once: on reset() and close()
         self._server: _Server | None = None
 
     def start(self) -> FakeServer:
@@ -143,6 +173,7 @@ class FakeServer:
         return self
 
     def close(self) -> None:
+        self._released.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -164,10 +195,12 @@ class FakeServer:
 
     def reset(self) -> None:
         """Forget routes, faults and requests: one server can then serve many tests."""
+        self._released.set()
         with self._lock:
             self.routes.clear()
             self.faults.clear()
             self._requests.clear()
+        self._released = threading.Event()
 
     # -- routes ----------------------------------------------------------------------------------
 
@@ -193,8 +226,23 @@ class FakeServer:
             self.faults.append(fault)
         return fault
 
-    def fail(self, path: str, status: int, times: int = 1) -> FailWith:
-        fault = FailWith(path, status, times)
+    def stall(self, path: str, after_bytes: int, seconds: float = 30.0, times: int | None = 1) -> Stall:
+        fault = Stall(path, after_bytes, seconds, times)
+        with self._lock:
+            self.faults.append(fault)
+        return fault
+
+    def wrong_length(self, path: str, announced: int | None, times: int | None = 1) -> WrongLength:
+        fault = WrongLength(path, announced, times)
+        with self._lock:
+            self.faults.append(fault)
+        return fault
+
+    def wait_released(self, seconds: float) -> None:
+        self._released.wait(seconds)
+
+    def fail(self, path: str, status: int, times: int = 1, headers: dict[str, str] | None = None) -> FailWith:
+        fault = FailWith(path, status, times, headers=dict(headers or {}))
         with self._lock:
             self.faults.append(fault)
         return fault
@@ -228,6 +276,14 @@ class FakeServer:
                     return fault
         return None
 
+    def claim(self, kind: type, path: str) -> Stall | WrongLength | None:
+        with self._lock:
+            for fault in self.faults:
+                if isinstance(fault, kind) and fault.path == path and (fault.times is None or fault.hits < fault.times):
+                    fault.hits += 1
+                    return fault
+        return None
+
     def claim_failure(self, path: str) -> FailWith | None:
         with self._lock:
             for fault in self.faults:
@@ -240,6 +296,11 @@ class FakeServer:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     fake: FakeServer
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return  # a client that gave up mid-answer (a size cap, a timeout): what those tests want
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -278,7 +339,8 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(route.delay)
         failure = self.server.fake.claim_failure(urlsplit(self.path).path)
         if failure is not None:
-            return failure.status, b"<html><body>Service Unavailable</body></html>", {"Content-Type": "text/html"}
+            page = b"<html><body>Service Unavailable</body></html>"
+            return failure.status, page, {"Content-Type": "text/html", **failure.headers}
         if route.token is not None and auth != f"Bearer {route.token}":
             return 401, b'{"error": "Unauthorized"}', {"Content-Type": "application/json"}
         if route.reject_auth and auth is not None:
@@ -300,12 +362,14 @@ class _Handler(BaseHTTPRequestHandler):
                 self.headers.get("Range"),
                 self.headers.get("If-Range"),
                 status,
+                self.headers.get("Host"),
             )
         )
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body) if length is None else length))
+        if length != _NO_LENGTH:
+            self.send_header("Content-Length", str(len(body) if length is None else length))
         self.end_headers()
         self.wfile.write(body)
 
@@ -318,9 +382,11 @@ class _Handler(BaseHTTPRequestHandler):
             status = 206
             headers["Content-Range"] = f"bytes {start}-{len(body) - 1}/{len(body)}"
         part = body[start:]
+        url = urlsplit(self.path)
+        if send_body and self._faulty_send(url, path, status, headers, part):
+            return
         fault = self.server.fake.claim_drop(path, len(body)) if send_body else None
         cut = None if fault is None else max(fault.after_bytes - start, 0)
-        url = urlsplit(self.path)
         if cut is None:
             self._send(url, status, headers, part if send_body else b"", len(part))
             return
@@ -328,6 +394,31 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         self.close_connection = True
         self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _faulty_send(self, url, path: str, status: int, headers: dict, part: bytes) -> bool:
+        """Serve a stall or a wrong Content-Length when one is due; True when it did."""
+        fake = self.server.fake
+        stall = fake.claim(Stall, path)
+        if stall is not None:
+            self._send(url, status, headers, part[: stall.after_bytes], len(part))
+            self.wfile.flush()
+            fake.wait_released(stall.seconds)
+            self._hang_up()
+            return True
+        wrong = fake.claim(WrongLength, path)
+        if wrong is not None:
+            self._send(url, status, headers, part, _NO_LENGTH if wrong.announced is None else wrong.announced)
+            self.wfile.flush()
+            self._hang_up()
+            return True
+        return False
+
+    def _hang_up(self) -> None:
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # the client left first
 
     def _range_start(self, route: Route, size: int) -> int:
         match = _RANGE.match(self.headers.get("Range", "").strip())
@@ -457,3 +548,27 @@ def fetch_in_process(cache_dir: str, environ: dict[str, str], source: str, barri
     barrier.wait(timeout=30)
     lora = fetcher.fetch(source)
     results.put((str(lora.path), lora.sha256, lora.key))
+
+
+def fetch_many_in_process(
+    cache_dir: str, environ: dict[str, str], sources: list[tuple[str, str]], in_use_seconds: float, barrier, results
+) -> None:
+    """Fetch each (source, expected sha256) in turn, reading every file back at once; report what was wrong."""
+    from pathlib import Path
+
+    from lora_loader import LoraFetcher, LoraSettings
+
+    settings = LoraSettings.from_env(environ)
+    fetcher = LoraFetcher(Path(cache_dir), settings.max_bytes, settings, in_use_seconds=in_use_seconds)
+    problems = []
+    barrier.wait(timeout=30)
+    for source, expected in sources:
+        try:
+            lora = fetcher.fetch(source)
+            with lora.path.open("rb") as f:  # what the adapter loader does next
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+            if digest != expected or lora.sha256 != expected:
+                problems.append(f"{source}: got {digest}, sidecar {lora.sha256}")
+        except Exception as error:  # reported to the test, which shows it
+            problems.append(f"{source}: {type(error).__name__}: {error}")
+    results.put(problems)
