@@ -15,6 +15,10 @@ PIL_FORMATS = {"webp": "WEBP", "jpg": "JPEG", "png": "PNG"}
 # (a 200 MP phone photo still fits, a decompression bomb does not).
 MAX_INPUT_PIXELS = 200_000_000
 MAX_INPUT_BYTES = 100 * 1024 * 1024
+# PIL's own bomb check refuses anything over 179 MP inside open(), before ours could name the limit; with
+# its limit at ours, our message wins and PIL's error (at twice ours) remains a backstop.
+Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, MAX_INPUT_PIXELS)
+MASK_ASPECT_TOLERANCE = 0.01  # a mask may be resized to the image, never stretched to another shape
 
 
 def load_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
@@ -27,7 +31,10 @@ def load_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
             _check_pixels(opened, what)  # before decoding: open() reads only the header
             return ImageOps.exif_transpose(opened).convert("RGB")
     except Image.DecompressionBombError as error:
-        raise UserInputError(f"The {what} decodes to too many pixels ({error}).") from error
+        raise UserInputError(
+            f"The {what} decodes to too many pixels; the limit is {MAX_INPUT_PIXELS / 1e6:.0f} MP. Send a smaller "
+            "image: it is scaled to fit 1440x1440 anyway."
+        ) from error
     except (UnidentifiedImageError, OSError) as error:
         raise UserInputError(
             f"The {what} could not be read as an image ({error.__class__.__name__}). Send a PNG, JPEG or WebP file."
@@ -43,11 +50,30 @@ def _check_pixels(image: Image.Image, what: str) -> None:
         )
 
 
-def load_mask(path: str | os.PathLike, size: tuple[int, int]) -> Image.Image:
+def load_mask(path: str | os.PathLike, size: tuple[int, int], image_size: tuple[int, int] | None = None) -> Image.Image:
     """The inpainting mask as grayscale at the output size: white repaints, black keeps. NEAREST keeps
-    the mask's edges hard instead of inventing gray pixels."""
+    the mask's edges hard instead of inventing gray pixels. With `image_size` (the input image's), a mask
+    of another aspect ratio is refused (`check_mask_aspect`); one of another size is resized."""
     mask = load_image(path, what="mask").convert("L")
+    if image_size is not None:
+        check_mask_aspect(mask.size, image_size)
     return mask.resize(size, Image.Resampling.NEAREST)
+
+
+def check_mask_aspect(mask_size: tuple[int, int], image_size: tuple[int, int]) -> None:
+    """Stretching a mask of another shape onto the image would repaint a region the user did not paint,
+    so the aspect ratios must agree: within 1%, or within what rounding one pixel per side of the smaller
+    of the two explains (a mask scaled down to 33x50 pixels for a 100x150 image is still that image's)."""
+    (mask_w, mask_h), (image_w, image_h) = mask_size, image_size
+    small_w, small_h = min(mask_size, image_size, key=lambda wh: wh[0] * wh[1])
+    tolerance = max(MASK_ASPECT_TOLERANCE, 1 / small_w + 1 / small_h)
+    if abs(mask_w * image_h / (mask_h * image_w) - 1) > tolerance:
+        raise UserInputError(
+            f"The mask is {mask_w}x{mask_h} but the image is {image_w}x{image_h}: their aspect ratios differ "
+            f"({mask_w / mask_h:.3g} vs {image_w / image_h:.3g}), so stretching the mask onto the image would "
+            "repaint the wrong region. Send a mask with the image's aspect ratio, ideally its exact size "
+            "(white = repaint, black = keep)."
+        )
 
 
 def fit_image(image: Image.Image, size: tuple[int, int]) -> Image.Image:

@@ -54,3 +54,29 @@ def test_mask_is_grayscale_at_the_output_size_with_hard_edges(tmp_path):
     loaded = images.load_mask(tmp_path / "mask.png", (64, 32))
     assert loaded.mode == "L" and loaded.size == (64, 32)
     assert set(loaded.getdata()) == {0, 255}
+
+
+@pytest.mark.parametrize(
+    ("mask_size", "image_size"),
+    [((64, 32), (64, 32)), ((32, 16), (640, 320)), ((33, 50), (100, 150)), ((1000, 667), (1500, 1000))],
+)
+def test_a_mask_of_the_image_aspect_is_resized_whatever_its_size(tmp_path, mask_size, image_size):
+    Image.new("L", mask_size, 255).save(tmp_path / "mask.png")
+    assert images.load_mask(tmp_path / "mask.png", (48, 32), image_size).size == (48, 32)
+
+
+@pytest.mark.parametrize(
+    ("mask_size", "image_size"), [((64, 32), (64, 64)), ((300, 200), (200, 300)), ((104, 100), (100, 100))]
+)
+def test_a_mask_of_another_aspect_is_refused_not_stretched(tmp_path, mask_size, image_size):
+    Image.new("L", mask_size, 255).save(tmp_path / "mask.png")
+    with pytest.raises(UserInputError, match=rf"The mask is {mask_size[0]}x{mask_size[1]} but the image is .*aspect"):
+        images.load_mask(tmp_path / "mask.png", (64, 64), image_size)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_an_image_over_pils_own_limit_gets_our_message(tmp_path):
+    # 240 MP: over PIL's default refusal point (179 MP) and our 200 MP cap. One bit per pixel keeps it small.
+    Image.new("1", (20_000, 12_000)).save(tmp_path / "huge.png")
+    with pytest.raises(UserInputError, match=r"is 20000x12000 \(240 MP\); the limit is 200 MP"):
+        images.load_image(tmp_path / "huge.png")
