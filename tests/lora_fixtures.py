@@ -398,3 +398,28 @@ def write_unsupported(name: str, folder: Path) -> tuple[Path, str]:
     path = folder / f"{name}.safetensors"
     save_file(tensors, path)
     return path, message
+
+
+# Rendering, shared by the adapter and hotswap tests.
+
+PROMPT = "a photo of TOK"
+GUIDANCE = {"dev": 3.5, "schnell": 0.0}
+
+
+def render(models, model: str) -> torch.Tensor:
+    """64x64, 2 steps, fixed seed; the prompt is encoded after the LoRAs are applied, as the service does."""
+    from generation.request import MAX_SEQUENCE_LENGTH
+
+    embeddings = models.encode_prompt(model, PROMPT, MAX_SEQUENCE_LENGTH[model])
+    with torch.inference_mode():
+        return models.pipeline(model, "txt2img")(
+            prompt_embeds=embeddings.prompt_embeds,
+            pooled_prompt_embeds=embeddings.pooled_prompt_embeds,
+            height=64,
+            width=64,
+            num_inference_steps=2,
+            guidance_scale=GUIDANCE[model],
+            max_sequence_length=MAX_SEQUENCE_LENGTH[model],
+            generator=torch.Generator("cpu").manual_seed(0),
+            output_type="pt",
+        ).images.cpu()

@@ -17,15 +17,14 @@ import torch
 from diffusers import FluxPipeline
 
 from generation.pipelines import FluxModels
-from generation.request import MAX_SEQUENCE_LENGTH
 from lora_loader.adapters import AdapterManager, LoraSpec, adapter_name
 from lora_loader.errors import LoraError
 from lora_loader.formats import load_lora_state_dict
 from tests import lora_fixtures
 from weights.layout import FLUX_DEV, FLUX_SCHNELL
 
-PROMPT = "a photo of TOK"
-GUIDANCE = {"dev": 3.5, "schnell": 0.0}
+PROMPT, GUIDANCE = lora_fixtures.PROMPT, lora_fixtures.GUIDANCE
+render = lora_fixtures.render
 
 # peft's note on every second adapter; two adapters at once is what this suite is about.
 pytestmark = pytest.mark.filterwarnings("ignore:Already found a `peft_config` attribute")
@@ -62,23 +61,6 @@ def manager(models) -> AdapterManager:
 
 def spec(loras: dict[str, Path], name: str, scale: float = 1.0) -> LoraSpec:
     return LoraSpec(key=f"key-{name}", path=loras[name], scale=scale, source=f"lora-{name}")
-
-
-def render(models: FluxModels, model: str) -> torch.Tensor:
-    """64x64, 2 steps, fixed seed; the prompt is encoded now, as the service does after applying LoRAs."""
-    embeddings = models.encode_prompt(model, PROMPT, MAX_SEQUENCE_LENGTH[model])
-    with torch.inference_mode():
-        return models.pipeline(model, "txt2img")(
-            prompt_embeds=embeddings.prompt_embeds,
-            pooled_prompt_embeds=embeddings.pooled_prompt_embeds,
-            height=64,
-            width=64,
-            num_inference_steps=2,
-            guidance_scale=GUIDANCE[model],
-            max_sequence_length=MAX_SEQUENCE_LENGTH[model],
-            generator=torch.Generator("cpu").manual_seed(0),
-            output_type="pt",
-        ).images
 
 
 def fresh_render(weights: Path, model: str, loras: list[tuple[Path, float]]) -> torch.Tensor:

@@ -18,7 +18,6 @@ from peft.tuners.lora import LoraLayer
 from torch._dynamo.utils import counters
 
 from generation.pipelines import FluxModels
-from generation.request import MAX_SEQUENCE_LENGTH
 from lora_loader import hotswap
 from lora_loader.adapters import AdapterManager, LoraSpec
 from lora_loader.errors import LoraError
@@ -26,8 +25,8 @@ from lora_loader.hotswap import SLOTS, HotswapAdapterManager, NotHotswappable
 from tests import lora_fixtures
 from weights.layout import FLUX_DEV, FLUX_SCHNELL
 
-PROMPT = "a photo of TOK"
-GUIDANCE = {"dev": 3.5, "schnell": 0.0}
+PROMPT, GUIDANCE = lora_fixtures.PROMPT, lora_fixtures.GUIDANCE
+render = lora_fixtures.render
 MAX_RANK = 16  # above every fixture's rank (4, and 12 on kohya's block-diagonal qkv)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Already found a `peft_config` attribute")
@@ -67,23 +66,6 @@ def manager(models) -> HotswapAdapterManager:
 
 def spec(loras, name: str, scale: float = 1.0) -> LoraSpec:
     return LoraSpec(key=f"key-{name}", path=loras[name].path, scale=scale, source=f"lora-{name}")
-
-
-def render(models: FluxModels, model: str) -> torch.Tensor:
-    """64x64, 2 steps, fixed seed; the prompt is encoded after the LoRAs are applied, as the service does."""
-    embeddings = models.encode_prompt(model, PROMPT, MAX_SEQUENCE_LENGTH[model])
-    with torch.inference_mode():
-        return models.pipeline(model, "txt2img")(
-            prompt_embeds=embeddings.prompt_embeds,
-            pooled_prompt_embeds=embeddings.pooled_prompt_embeds,
-            height=64,
-            width=64,
-            num_inference_steps=2,
-            guidance_scale=GUIDANCE[model],
-            max_sequence_length=MAX_SEQUENCE_LENGTH[model],
-            generator=torch.Generator("cpu").manual_seed(0),
-            output_type="pt",
-        ).images.cpu()
 
 
 def plain_render(weights: Path, model, main, extra, multiplier=1.0, device="cpu") -> torch.Tensor:
