@@ -65,7 +65,10 @@ class LoraStage:
     def preload(self, source: str, model: str = "dev") -> None:
         """Download and attach a LoRA ahead of the first request (a trained model's own weights, at setup),
         so that request only re-scales it and a broken LoRA fails setup instead of every prediction."""
-        with stage(f"Preloading LoRA {source}"):
+        # Logged before the work starts: coglet can drop the last line a setup writes from its setup logs.
+        # The source itself is logged by the fetcher, with any secrets in it removed.
+        logger.info("Preloading the LoRA given at setup (COG_WEIGHTS)")
+        with stage("Preloading the LoRA"):
             lora = self.fetcher.fetch(source)
             spec = LoraSpec(key=lora.key, path=lora.path, scale=1.0, source=lora.source)
             self.plain.apply(model, spec, None)
