@@ -8,6 +8,7 @@ import re
 
 from lora_loader import LoraFetcher
 from lora_loader.adapters import AdapterManager, LoraSpec
+from lora_loader.errors import prefixed
 
 from .logs import stage
 from .request import GenerationRequest, LoraChoice
@@ -34,8 +35,8 @@ class LoraStage:
         if not (request.main_lora or request.extra_lora) and not self._any_resident():
             return fast_path
         with stage("LoRAs"):
-            main = self._spec(request.main_lora, request.prompt)
-            extra = self._spec(request.extra_lora, request.prompt)
+            main = self._spec(request.main_lora, request.prompt, "main LoRA")
+            extra = self._spec(request.extra_lora, request.prompt, "extra_lora")
             fast_path = fast_path and self._apply_fast(request.model, main, extra)
             if not fast_path:
                 self.plain.apply(request.model, main, extra)
@@ -69,14 +70,16 @@ class LoraStage:
         # The source itself is logged by the fetcher, with any secrets in it removed.
         logger.info("Preloading the LoRA given at setup (COG_WEIGHTS)")
         with stage("Preloading the LoRA"):
-            lora = self.fetcher.fetch(source)
+            with prefixed("COG_WEIGHTS"):
+                lora = self.fetcher.fetch(source)
             spec = LoraSpec(key=lora.key, path=lora.path, scale=1.0, source=lora.source)
             self.plain.apply(model, spec, None)
 
-    def _spec(self, choice: LoraChoice | None, prompt: str) -> LoraSpec | None:
+    def _spec(self, choice: LoraChoice | None, prompt: str, role: str) -> LoraSpec | None:
         if choice is None:
             return None
-        lora = self.fetcher.fetch(choice.source)
+        with prefixed(role):
+            lora = self.fetcher.fetch(choice.source)
         missing = missing_trigger_words(prompt, lora.trigger_words)
         if missing:
             logger.info(

@@ -41,7 +41,7 @@ import torch
 from diffusers import FluxPipeline
 from peft.tuners.lora import LoraLayer
 
-from .errors import LoraError
+from .errors import LoraError, prefixed
 from .formats import load_lora_state_dict
 
 logger = logging.getLogger(__name__)
@@ -163,25 +163,30 @@ class AdapterManager:
         """Read, convert, check and attach one file; on any failure remove whatever part of it got attached."""
         pipe = self._pipeline(model)
         try:
-            converted = load_lora_state_dict(spec.path, pipe.transformer.config)
-            _check_shapes(converted.state_dict, pipe, converted.format)
-            try:
-                # low_cpu_mem_usage: build the LoRA layers empty and fill them from the file, skipping a random init
-                # of every layer that the file overwrites anyway.
-                pipe.load_lora_weights(converted.state_dict, adapter_name=name, low_cpu_mem_usage=True)
-            except (ValueError, RuntimeError, KeyError, NotImplementedError) as error:
-                raise LoraError(f"Could not load LoRA {spec.label} ({converted.format}): {error}") from error
-            self.loads += 1
-            layers = _count_layers(pipe.transformer, name)
-            if layers == 0:
-                raise LoraError(
-                    f"LoRA {spec.label} ({converted.format}) attached to no layer of FLUX.1 [{model}]; "
-                    "use a LoRA trained for FLUX.1."
-                )
+            with prefixed(f"LoRA {spec.label}"):
+                converted = load_lora_state_dict(spec.path, pipe.transformer.config)
+                _check_shapes(converted.state_dict, pipe, converted.format)
+                layers = self._load(pipe, converted, name, model)
         except BaseException:
             self._discard(pipe, name)
             raise
         return ResidentLora(name, model, spec.label, converted.format, layers, _count_layers(pipe.text_encoder, name))
+
+    def _load(self, pipe: FluxPipeline, converted, name: str, model: str) -> int:
+        """Attach a converted state dict as adapter `name`; returns how many transformer layers carry it."""
+        try:
+            # low_cpu_mem_usage: build the LoRA layers empty and fill them from the file, skipping a random init
+            # of every layer that the file overwrites anyway.
+            pipe.load_lora_weights(converted.state_dict, adapter_name=name, low_cpu_mem_usage=True)
+        except (ValueError, RuntimeError, KeyError, NotImplementedError) as error:
+            raise LoraError(f"diffusers could not attach this {converted.format} LoRA: {error}") from error
+        self.loads += 1
+        layers = _count_layers(pipe.transformer, name)
+        if layers == 0:
+            raise LoraError(
+                f"This {converted.format} LoRA attached to no layer of FLUX.1 [{model}]; use a LoRA trained for FLUX.1."
+            )
+        return layers
 
     def _discard(self, pipe: FluxPipeline, name: str) -> None:
         """Remove every trace of a half-loaded adapter (diffusers cleans the component that failed, not the rest)."""

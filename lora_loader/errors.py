@@ -8,6 +8,19 @@ as its own type, with its traceback.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class LoraError(ValueError):
     """A LoRA cannot be used as given; the message says what to change."""
+
+
+@contextmanager
+def prefixed(prefix: str) -> Iterator[None]:
+    """Put `prefix` in front of a LoraError's message (keeping its type): a request can carry two LoRAs,
+    and "this file is not a LoRA" must say which one."""
+    try:
+        yield
+    except LoraError as error:
+        raise type(error)(f"{prefix}: {error}") from error

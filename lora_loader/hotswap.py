@@ -55,7 +55,7 @@ from peft.tuners.lora import LoraLayer
 from peft.utils.hotswap import hotswap_adapter_from_state_dict, prepare_model_for_compiled_hotswap
 
 from .adapters import MODELS, FluxPipelines, LoraSpec, ResidentLora, _dedupe
-from .errors import LoraError
+from .errors import LoraError, prefixed
 from .formats import FluxLayout, load_lora_state_dict
 
 logger = logging.getLogger(__name__)
@@ -156,10 +156,11 @@ class HotswapAdapterManager:
 
     def _read(self, prepared: _Slots, spec: LoraSpec) -> _Converted:
         """Read and convert the file, and check that every layer of it fits a slot."""
-        converted = load_lora_state_dict(spec.path, prepared.transformer.config)
-        pairs = _pairs(converted.state_dict, spec)
-        for module, (down, up) in pairs.items():
-            _check_layer(prepared, module, down, up, spec, converted.format)
+        with prefixed(f"LoRA {spec.label}"):
+            converted = load_lora_state_dict(spec.path, prepared.transformer.config)
+            pairs = _pairs(converted.state_dict)
+            for module, (down, up) in pairs.items():
+                _check_layer(prepared, module, down, up, converted.format)
         return _Converted(converted.format, pairs)
 
     # Swapping
@@ -282,17 +283,17 @@ def _place(slots: dict[str, _Slot], wanted: list[LoraSpec]) -> dict[str, LoraSpe
 # Checks
 
 
-def _pairs(state_dict: dict[str, torch.Tensor], spec: LoraSpec) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _pairs(state_dict: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Transformer module -> (lora_A, lora_B); NotHotswappable for anything the slots cannot hold."""
     text_encoder = sorted({key.split(".lora_")[0] for key in state_dict if key.startswith("text_encoder.")})
     if text_encoder:
         raise NotHotswappable(
-            f"LoRA {spec.label} also changes {len(text_encoder)} CLIP text-encoder layer(s) (like {text_encoder[0]}); "
+            f"It also changes {len(text_encoder)} CLIP text-encoder layer(s) (like {text_encoder[0]}); "
             "the compiled model's LoRA slots are on the transformer only."
         )
     other = sorted(key for key in state_dict if not (key.startswith("transformer.") and key.endswith((LORA_A, LORA_B))))
     if other:
-        raise NotHotswappable(f"LoRA {spec.label} has tensors the compiled model's LoRA slots cannot hold: {other[:3]}")
+        raise NotHotswappable(f"It has tensors the compiled model's LoRA slots cannot hold: {other[:3]}")
     pairs = {}
     for key in sorted(state_dict):
         if key.endswith(LORA_A):
@@ -301,11 +302,11 @@ def _pairs(state_dict: dict[str, torch.Tensor], spec: LoraSpec) -> dict[str, tup
     return pairs
 
 
-def _check_layer(prepared: _Slots, module: str, down: torch.Tensor, up: torch.Tensor, spec: LoraSpec, fmt: str) -> None:
+def _check_layer(prepared: _Slots, module: str, down: torch.Tensor, up: torch.Tensor, fmt: str) -> None:
     """The layer has a slot, the LoRA fits its shape (LoraError: a file for another model), and its rank fits."""
     layer = prepared.layers.get(module)
     if layer is None:
-        raise NotHotswappable(f"LoRA {spec.label} ({fmt}) changes layer {module}, which has no LoRA slot.")
+        raise NotHotswappable(f"This {fmt} LoRA changes layer {module}, which has no LoRA slot.")
     base = layer.get_base_layer()
     if down.shape[0] != up.shape[1]:
         raise LoraError(f"LoRA layer {module} is broken: lora_A has rank {down.shape[0]}, lora_B {up.shape[1]}.")
@@ -316,7 +317,7 @@ def _check_layer(prepared: _Slots, module: str, down: torch.Tensor, up: torch.Te
         )
     if down.shape[0] > prepared.max_rank:
         raise NotHotswappable(
-            f"LoRA {spec.label} has rank {down.shape[0]} on layer {module}; the compiled model's LoRA slots hold "
+            f"It has rank {down.shape[0]} on layer {module}; the compiled model's LoRA slots hold "
             f"rank {prepared.max_rank} at most."
         )
 

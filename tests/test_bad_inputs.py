@@ -120,11 +120,11 @@ CASES = [
     Bad("custom without height", {"aspect_ratio": "custom", "width": 512}, error="height is not set"),
     Bad("img2img strength 0", {"image": SQUARE, "prompt_strength": 0}, error="leaves no denoising step"),
     # -- LoRA strings ---------------------------------------------------------------------------------------
-    Bad("LoRA not a source", {"replicate_weights": "not a lora string"}, error="Cannot use 'not a lora string'"),
+    Bad("LoRA not a source", {"replicate_weights": "not a lora string"}, error="main LoRA: Cannot use 'not a lora string'"),
     Bad("LoRA ftp URL", {"replicate_weights": "ftp://example.com/a.safetensors"}, error="Cannot use 'ftp://"),
     Bad("LoRA too many parts", {"replicate_weights": "a/b/c/d/e"}, error="Cannot use 'a/b/c/d/e'"),
     Bad("LoRA URL not .safetensors", {"replicate_weights": "{files}/model.ckpt"}, error="must end in .safetensors"),
-    Bad("extra_lora not a source", {"extra_lora": "??"}, error="Cannot use '??'"),
+    Bad("extra_lora not a source", {"extra_lora": "??"}, error="extra_lora: Cannot use '??'"),
     Bad("LoRA data: not base64", {"replicate_weights": "data:;base64,!!!"}, error="not valid base64"),
     Bad("LoRA local path", {"replicate_weights": "/nonexistent/x.safetensors"}, error="not allowed on this server"),
     # -- LoRA sources that cannot be had ----------------------------------------------------------------------
@@ -157,7 +157,7 @@ CASES = [
     Bad(
         "good main, non-LoRA extra",
         {"replicate_weights": GOOD_LORA, "extra_lora": "{files}/classifier.safetensors"},
-        error="no LoRA tensors",
+        error="classifier.safetensors: This file has no LoRA tensors",  # names the failing one of the two
     ),
 ]
 

@@ -170,8 +170,9 @@ def test_extra_alone_applies_alone(models, manager, loras):
 
 def test_file_with_no_flux_layer_fails_clearly_and_leaves_the_model_clean(models, manager, loras, tiny_weights):
     manager.apply("dev", spec(loras, "A"), None)
-    with pytest.raises(LoraError, match=re.escape("looks like a diffusers/PEFT LoRA")):
+    with pytest.raises(LoraError, match=re.escape("looks like a diffusers/PEFT LoRA")) as error:
         manager.apply("dev", spec(loras, "A"), spec(loras, "BAD"))
+    assert str(error.value).startswith("LoRA lora-BAD: "), "with two LoRAs, the message names the failing one"
     assert adapters_in_process(models) == {adapter_name("key-A")}
 
     manager.apply("dev", spec(loras, "B", 0.5), None)

@@ -184,8 +184,9 @@ def test_not_hotswappable_raises_before_touching_the_model(models, loras):
     manager.apply("dev", spec(loras, "B"), None)
     before = render(models, "dev")
 
-    with pytest.raises(NotHotswappable, match=re.escape("rank 12 on layer transformer_blocks.0.attn.add_")):
+    with pytest.raises(NotHotswappable, match=re.escape("rank 12 on layer transformer_blocks.0.attn.add_")) as error:
         manager.apply("dev", spec(loras, "B"), spec(loras, "A"))
+    assert str(error.value).startswith("LoRA lora-A: ")
     with pytest.raises(NotHotswappable, match="6 CLIP text-encoder layer"):
         manager.apply("dev", spec(loras, "C"), spec(loras, "TE"))  # C would fit, but is not swapped in either
     with pytest.raises(LoraError, match="looks like a diffusers/PEFT LoRA") as error:
