@@ -120,7 +120,7 @@ CASES = [
     Bad("custom without height", {"aspect_ratio": "custom", "width": 512}, error="height is not set"),
     Bad("img2img strength 0", {"image": SQUARE, "prompt_strength": 0}, error="leaves no denoising step"),
     # -- LoRA strings ---------------------------------------------------------------------------------------
-    Bad("LoRA not a source", {"replicate_weights": "not a lora string"}, error="main LoRA: Cannot use 'not a lora string'"),
+    Bad("LoRA not a source", {"replicate_weights": "not a lora"}, error="main LoRA: Cannot use 'not a lora'"),
     Bad("LoRA ftp URL", {"replicate_weights": "ftp://example.com/a.safetensors"}, error="Cannot use 'ftp://"),
     Bad("LoRA too many parts", {"replicate_weights": "a/b/c/d/e"}, error="Cannot use 'a/b/c/d/e'"),
     Bad("LoRA URL not .safetensors", {"replicate_weights": "{files}/model.ckpt"}, error="must end in .safetensors"),

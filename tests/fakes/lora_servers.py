@@ -33,6 +33,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 # -- test data -------------------------------------------------------------------------------------
@@ -112,45 +113,53 @@ class RecordedRequest:
     host: str | None = None
 
 
-@dataclass
-class Stall:
-    """Send the headers and `after_bytes` of the body, then go silent for `seconds` and hang up."""
+@dataclass(kw_only=True)
+class Fault:
+    """Something that goes wrong on requests for `path`, `times` times (None: until reset)."""
 
     path: str
-    after_bytes: int
-    seconds: float
     times: int | None = 1
     hits: int = 0
 
+    def applies(self, **context: int) -> bool:
+        return True
 
-@dataclass
-class WrongLength:
+
+@dataclass(kw_only=True)
+class Stall(Fault):
+    """Send the headers and `after_bytes` of the body, then go silent for `seconds` and hang up."""
+
+    after_bytes: int
+    seconds: float
+
+
+@dataclass(kw_only=True)
+class WrongLength(Fault):
     """Announce `announced` as the Content-Length (None: no Content-Length at all) while sending the real
     body, then hang up."""
 
-    path: str
     announced: int | None
-    times: int | None = 1
-    hits: int = 0
 
 
-@dataclass
-class DropConnection:
-    path: str
+@dataclass(kw_only=True)
+class DropConnection(Fault):
+    """Close the connection once the body reaches byte `after_bytes`; a shorter body goes through whole."""
+
     after_bytes: int
-    times: int | None = 1
-    hits: int = 0
+
+    def applies(self, *, end: int, **context: int) -> bool:
+        return self.after_bytes < end
 
 
-@dataclass
-class FailWith:
+@dataclass(kw_only=True)
+class FailWith(Fault):
     """Answer `status` instead of the route, `times` times (a 503 during a deploy, a 429 burst)."""
 
-    path: str
     status: int
-    times: int = 1
-    hits: int = 0
     headers: dict[str, str] = field(default_factory=dict)  # e.g. Retry-After
+
+
+FaultT = TypeVar("FaultT", bound=Fault)
 
 
 _RANGE = re.compile(r"bytes=(\d+)-$")
@@ -160,7 +169,7 @@ _NO_LENGTH = -1  # send no Content-Length: the body ends when the connection clo
 class FakeServer:
     def __init__(self) -> None:
         self.routes: dict[str, Route] = {}
-        self.faults: list[DropConnection | FailWith | Stall | WrongLength] = []
+        self.faults: list[Fault] = []
         self._requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._released = threading.Event()  # ends every stall at once: on reset() and close()
@@ -221,31 +230,24 @@ class FakeServer:
         return self.url(path)
 
     def drop_connection(self, path: str, after_bytes: int, times: int | None = 1) -> DropConnection:
-        fault = DropConnection(path, after_bytes, times)
-        with self._lock:
-            self.faults.append(fault)
-        return fault
+        return self.inject(DropConnection(path=path, after_bytes=after_bytes, times=times))
 
     def stall(self, path: str, after_bytes: int, seconds: float = 30.0, times: int | None = 1) -> Stall:
-        fault = Stall(path, after_bytes, seconds, times)
-        with self._lock:
-            self.faults.append(fault)
-        return fault
+        return self.inject(Stall(path=path, after_bytes=after_bytes, seconds=seconds, times=times))
 
     def wrong_length(self, path: str, announced: int | None, times: int | None = 1) -> WrongLength:
-        fault = WrongLength(path, announced, times)
+        return self.inject(WrongLength(path=path, announced=announced, times=times))
+
+    def fail(self, path: str, status: int, times: int = 1, headers: dict[str, str] | None = None) -> FailWith:
+        return self.inject(FailWith(path=path, status=status, times=times, headers=dict(headers or {})))
+
+    def inject(self, fault: FaultT) -> FaultT:
         with self._lock:
             self.faults.append(fault)
         return fault
 
     def wait_released(self, seconds: float) -> None:
         self._released.wait(seconds)
-
-    def fail(self, path: str, status: int, times: int = 1, headers: dict[str, str] | None = None) -> FailWith:
-        fault = FailWith(path, status, times, headers=dict(headers or {}))
-        with self._lock:
-            self.faults.append(fault)
-        return fault
 
     # -- records ---------------------------------------------------------------------------------
 
@@ -265,29 +267,12 @@ class FakeServer:
         with self._lock:
             self._requests.append(request)
 
-    def claim_drop(self, path: str, end: int) -> DropConnection | None:
+    def claim(self, kind: type[FaultT], path: str, **context: int) -> FaultT | None:
+        """The first fault of `kind` that acts on this request, counted as hit; None if none does."""
         with self._lock:
             for fault in self.faults:
-                if not isinstance(fault, DropConnection):
-                    continue
                 usable = fault.times is None or fault.hits < fault.times
-                if fault.path == path and usable and fault.after_bytes < end:
-                    fault.hits += 1
-                    return fault
-        return None
-
-    def claim(self, kind: type, path: str) -> Stall | WrongLength | None:
-        with self._lock:
-            for fault in self.faults:
-                if isinstance(fault, kind) and fault.path == path and (fault.times is None or fault.hits < fault.times):
-                    fault.hits += 1
-                    return fault
-        return None
-
-    def claim_failure(self, path: str) -> FailWith | None:
-        with self._lock:
-            for fault in self.faults:
-                if isinstance(fault, FailWith) and fault.path == path and fault.hits < fault.times:
+                if isinstance(fault, kind) and fault.path == path and usable and fault.applies(**context):
                     fault.hits += 1
                     return fault
         return None
@@ -337,7 +322,7 @@ class _Handler(BaseHTTPRequestHandler):
             return 404, b'{"error": "Not found"}', {"Content-Type": "application/json"}
         if route.delay:
             time.sleep(route.delay)
-        failure = self.server.fake.claim_failure(urlsplit(self.path).path)
+        failure = self.server.fake.claim(FailWith, urlsplit(self.path).path)
         if failure is not None:
             page = b"<html><body>Service Unavailable</body></html>"
             return failure.status, page, {"Content-Type": "text/html", **failure.headers}
@@ -385,7 +370,7 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         if send_body and self._faulty_send(url, path, status, headers, part):
             return
-        fault = self.server.fake.claim_drop(path, len(body)) if send_body else None
+        fault = self.server.fake.claim(DropConnection, path, end=len(body)) if send_body else None
         cut = None if fault is None else max(fault.after_bytes - start, 0)
         if cut is None:
             self._send(url, status, headers, part if send_body else b"", len(part))
