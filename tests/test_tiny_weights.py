@@ -4,7 +4,6 @@ give the documented brightness verdicts through the real diffusers and transform
 from __future__ import annotations
 
 import fnmatch
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,16 +28,11 @@ SIZE = 64
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> tuple[Path, float]:
+def root(tmp_path_factory) -> Path:
+    # How long the build takes is the CLI's last line ("Wrote tiny weights to DIR in 0.5s"), not an assertion.
     root = tmp_path_factory.mktemp("tiny_weights")
-    start = time.perf_counter()
     tiny.write_tiny_weights(root, safety_threshold=BUILD_THRESHOLD, nsfw_threshold=BUILD_THRESHOLD)
-    return root, time.perf_counter() - start
-
-
-@pytest.fixture(scope="module")
-def root(built) -> Path:
-    return built[0]
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +53,6 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 # Layout and build
-
-
-def test_build_takes_seconds(built):
-    _, seconds = built
-    assert seconds < 15, f"building the tiny weights took {seconds:.1f}s"
 
 
 @pytest.mark.parametrize("folder", ALL_FOLDERS, ids=lambda folder: folder.name)
