@@ -26,9 +26,14 @@ class CogServer:
         env: dict[str, str],
         target: str = "predict.py:Predictor",
         log_path: Path | None = None,
-        cwd: Path = REPO_ROOT,
+        via_script: bool = False,
     ):
-        self.cwd = cwd  # the server reads .cog/openapi_schema.json from here
+        # script/serve as users start it, or the server module straight from the repo (committed schema).
+        self.command = (
+            [str(REPO_ROOT / "script/serve"), "--target", target]
+            if via_script
+            else [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"]
+        )
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -44,8 +49,8 @@ class CogServer:
     def start(self, timeout: float = 120) -> CogServer:
         log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"],
-            cwd=self.cwd,
+            self.command,
+            cwd=REPO_ROOT,
             env=self._env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import subprocess
-import sys
 
 import httpx
 import numpy as np
@@ -131,26 +129,11 @@ def test_bad_loras_fail_clearly_and_the_server_stays_ready(server, sites):
 
 
 def test_trained_predictor_serves_its_own_weights(tiny_env, sites, tmp_path):
-    """The 20-input schema with COG_WEIGHTS: served from a folder whose .cog/openapi_schema.json is that schema."""
-    folder = tmp_path / "trained-model"
-    (folder / ".cog").mkdir(parents=True)
-    for name in ("predict.py", "generation", "lora_loader", "weights"):
-        (folder / name).symlink_to(REPO_ROOT / name)
-    subprocess.run(
-        [
-            sys.executable,
-            REPO_ROOT / "script/openapi_schema.py",
-            "--target",
-            "predict.py:TrainedPredictor",
-            "--output",
-            folder / ".cog/openapi_schema.json",
-        ],
-        check=True,
-        cwd=folder,
-        capture_output=True,
-    )
+    """The 20-input schema with COG_WEIGHTS, started as users start it: `script/serve --target ...`."""
     env = {**_env(tiny_env, sites), "COG_WEIGHTS": sites["tar_url"]}
-    server = CogServer(env, target="predict.py:TrainedPredictor", log_path=tmp_path / "trained.log", cwd=folder)
+    target = "predict.py:TrainedPredictor"
+    server = CogServer(env, target=target, log_path=tmp_path / "trained.log", via_script=True)
+    committed = (REPO_ROOT / ".cog/openapi_schema.json").read_bytes()
     server.start()
     try:
         # Not the setup's last line: coglet may leave that one out of the health answer's setup logs.
@@ -162,3 +145,4 @@ def test_trained_predictor_serves_its_own_weights(tiny_env, sites, tmp_path):
     assert trained["status"] == "succeeded", trained
     assert "already loaded" in trained["logs"], "setup attached the trained LoRA; the request only re-scales it"
     assert len(served) == 20 and "replicate_weights" not in served
+    assert (REPO_ROOT / ".cog/openapi_schema.json").read_bytes() == committed, "the tracked schema is not touched"

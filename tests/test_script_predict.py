@@ -44,6 +44,16 @@ def test_the_quick_start_command_writes_outputs_to_the_current_folder(tmp_path, 
     assert Image.open(tmp_path / "output.0.png").size == (512, 512)
 
 
+def test_with_nothing_configured_it_uses_the_repos_folders_from_any_folder(tmp_path, tiny_env):
+    """The quick start as a newcomer runs it, from some other folder: the tiny stand-ins and the LoRA cache
+    live in the repo, and only the outputs land in the current folder."""
+    env = {k: v for k, v in tiny_env.items() if k not in ("WEIGHTS_DIR", "LORA_CACHE_DIR", "HF_TOKEN")}
+    result = run(["-i", "prompt=x", "-i", "num_inference_steps=1", "-i", "megapixels=0.25"], tmp_path, env, True)
+    assert result.returncode == 0, result.stderr
+    assert f"tiny random stand-ins in {REPO_ROOT / '.tiny-weights'}" in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["output.0.webp"]
+
+
 def test_file_inputs_with_at(tmp_path, tiny_env):
     Image.new("RGB", (300, 200), (10, 200, 30)).save(tmp_path / "in.png")
     result = run(
