@@ -14,11 +14,13 @@ back to the plain path (with the reason in the logs) if building or warming this
 from __future__ import annotations
 
 import copy
+import gc
 import logging
 from pathlib import Path
 
 import torch
 from diffusers import FluxPipeline, FluxTransformer2DModel, TorchAoConfig
+from safetensors import safe_open
 
 from . import precision, sizes
 from .logs import stage
@@ -52,6 +54,7 @@ class FastPath:
             return cls.build(plain, sources), None
         except Exception as error:
             logger.exception("go_fast: building the fp8 path failed; go_fast requests will run the plain path")
+            _release_gpu_memory()
             return None, f"the fp8 path could not be built at setup ({error.__class__.__name__}: {error})"
 
     @classmethod
@@ -62,7 +65,7 @@ class FastPath:
 
         with stage("Building the fp8 transformers"):
             _check_memory(plain.device, sources)
-            transformers = {model: _fp8_transformer(source) for model, source in sources.items()}
+            transformers = {model: _fp8_transformer(source, plain.device) for model, source in sources.items()}
         models = FluxModels(
             *(_with_transformer(plain.pipeline(model, "txt2img"), transformers[model]) for model in ("dev", "schnell")),
             plain.device,
@@ -83,7 +86,7 @@ def _fp8_config():
     return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
 
 
-def _fp8_transformer(source: Path | FluxTransformer2DModel) -> FluxTransformer2DModel:
+def _fp8_transformer(source: Path | FluxTransformer2DModel, device: torch.device) -> FluxTransformer2DModel:
     if isinstance(source, FluxTransformer2DModel):
         from torchao.quantization import quantize_
 
@@ -97,7 +100,7 @@ def _fp8_transformer(source: Path | FluxTransformer2DModel) -> FluxTransformer2D
         dtype=torch.bfloat16,
         local_files_only=True,
     )
-    return transformer.to("cuda")
+    return transformer.to(device)
 
 
 def _with_transformer(pipeline: FluxPipeline, transformer: FluxTransformer2DModel) -> FluxPipeline:
@@ -106,18 +109,52 @@ def _with_transformer(pipeline: FluxPipeline, transformer: FluxTransformer2DMode
 
 def _check_memory(device: torch.device, sources: dict[str, Path | FluxTransformer2DModel]) -> None:
     """Refuse early (and fall back) rather than die of OOM in the middle of setup."""
-    needed = sum(_bf16_bytes(source) // 2 for source in sources.values()) + HEADROOM_BYTES
+    fp8 = sum(_bf16_bytes(source) // 2 for source in sources.values())
+    slots = sum(_slot_bytes(source) for source in sources.values())
+    needed = fp8 + slots + HEADROOM_BYTES
     free, _ = torch.cuda.mem_get_info(device)
     if free < needed:
         raise MemoryError(
-            f"the fp8 transformers need about {needed / GIB:.0f} GiB of GPU memory and {free / GIB:.0f} GiB are free"
+            f"the fp8 path needs about {needed / GIB:.0f} GiB of GPU memory (fp8 transformers {fp8 / GIB:.0f}, "
+            f"LoRA slots {slots / GIB:.0f}, activations {HEADROOM_BYTES / GIB:.0f}) and {free / GIB:.0f} GiB are free"
         )
 
 
 def _bf16_bytes(source: Path | FluxTransformer2DModel) -> int:
     if isinstance(source, FluxTransformer2DModel):
         return 2 * sum(p.numel() for p in source.parameters())
-    return sum(f.stat().st_size for f in (source / "transformer").glob("*.safetensors"))
+    return sum(f.stat().st_size for f in _transformer_files(source))
+
+
+def _slot_bytes(source: Path | FluxTransformer2DModel) -> int:
+    """The two bf16 LoRA slots of rank MAX_LORA_RANK that hotswap adds to every Linear layer (an upper bound:
+    it counts every Linear, a few of which get no slot)."""
+    return 2 * 2 * MAX_LORA_RANK * sum(rows + columns for rows, columns in _linear_shapes(source))
+
+
+def _linear_shapes(source: Path | FluxTransformer2DModel) -> list[tuple[int, int]]:
+    if isinstance(source, FluxTransformer2DModel):
+        return [tuple(m.weight.shape) for m in source.modules() if isinstance(m, torch.nn.Linear)]
+    shapes = []
+    for file in _transformer_files(source):
+        with safe_open(file, framework="pt") as tensors:  # reads the header only
+            for key in tensors.keys():
+                shape = tensors.get_slice(key).get_shape()
+                if key.endswith(".weight") and len(shape) == 2:
+                    shapes.append((shape[0], shape[1]))
+    return shapes
+
+
+def _transformer_files(source: Path) -> list[Path]:
+    return sorted((source / "transformer").glob("*.safetensors"))
+
+
+def _release_gpu_memory() -> None:
+    """A half-built fp8 path must not keep its GPU memory: compiled modules hold reference cycles, so only a
+    collection frees them before the plain path needs the room."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 @torch.inference_mode()

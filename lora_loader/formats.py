@@ -476,7 +476,15 @@ def _adapter_metadata(metadata: Mapping[str, str]) -> dict[str, Any]:
     raw = metadata.get("lora_adapter_metadata")
     if not raw:
         return {}
-    config = json.loads(raw)
+    try:
+        config = json.loads(raw)
+    except ValueError:
+        config = None
+    if not isinstance(config, dict):
+        raise LoraError(
+            "This file's header has a lora_adapter_metadata entry that is not a JSON object, so its alphas "
+            "cannot be read. Re-save the LoRA (diffusers' save_lora_weights writes it correctly)."
+        )
     if any(key.endswith(".use_dora") and value for key, value in config.items()):
         raise LoraError("This file is a DoRA (its header says use_dora), which is not supported. Use a plain LoRA.")
     return config

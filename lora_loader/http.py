@@ -46,6 +46,7 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 ERROR_BODY_BYTES = 64 * 1024  # enough for any error message; a huge error page is not read
 PROGRESS_MIN_BYTES = 10 * 10**6  # smaller files get only the start and done lines
 PROGRESS_SECONDS = 5.0
+MAX_REDIRECTS = 10  # CivitAI and Replicate answer with one or two; more is a loop
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def make_client(
     return httpx.Client(
         transport=transport or GuardedTransport(policy),
         follow_redirects=True,
-        max_redirects=10,
+        max_redirects=MAX_REDIRECTS,
         timeout=(timeouts or Timeouts()).httpx(),
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
         trust_env=False,
@@ -177,6 +178,8 @@ def download(
             try:
                 state.attempt(client, out)
                 break
+            except (httpx.TooManyRedirects, httpx.DecodingError) as error:
+                raise _unusable_answer(what, error) from None
             except (httpx.TransportError, _Transient) as error:
                 progressed = state.written > before
                 failures = 0 if progressed else failures + 1
@@ -292,11 +295,20 @@ def _retrying(fn: Callable[[], object], url: str, retry: RetryPolicy) -> object:
     for failures in range(1, retry.attempts + 1):
         try:
             return fn()
+        except (httpx.TooManyRedirects, httpx.DecodingError) as error:
+            raise _unusable_answer(redact_url(url), error) from None
         except (httpx.TransportError, _Transient) as error:
             if failures >= retry.attempts:
                 raise _gave_up(redact_url(url), failures, error) from error
             retry.sleep(retry.delay(failures, getattr(error, "retry_after", None)))
     raise AssertionError("unreachable")
+
+
+def _unusable_answer(what: str, error: httpx.TooManyRedirects | httpx.DecodingError) -> LoraError:
+    """Answers that no retry changes: a redirect loop, or a body in an encoding it does not decode from."""
+    if isinstance(error, httpx.TooManyRedirects):
+        return LoraError(f"{what} redirects again and again (more than {MAX_REDIRECTS} times). Check the URL.")
+    return LoraError(f"{what} answered with a body that could not be decoded ({error}). Check the URL.")
 
 
 def _gave_up(what: str, attempts: int, error: Exception) -> LoraError:

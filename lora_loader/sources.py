@@ -24,6 +24,7 @@ HF_HOSTS = ("huggingface.co", "hf.co")
 CIVITAI_HOST = "civitai.com"
 REPLICATE_HOST = "replicate.com"
 # Hosts written without a scheme that are still URLs, not Replicate `owner/model` names.
+_HOST_NAME = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)*\.[a-z]{2,}(:\d+)?")  # a dotted name ending in a TLD
 _BARE_HOSTS = (*HF_HOSTS, CIVITAI_HOST, REPLICATE_HOST, "replicate.delivery")
 # CivitAI download-endpoint parameters that choose a file; anything else (token=...) is dropped.
 CIVITAI_FILE_PARAMS = ("type", "format", "size", "fp")
@@ -204,16 +205,22 @@ def parse_source(text: str) -> Source:
     if _looks_local(lower):
         return LocalPath(Path(s).expanduser())
     host = lower.split("/", 1)[0].removeprefix("www.")
-    if host in _BARE_HOSTS or host.endswith(".replicate.delivery"):
+    if host in _BARE_HOSTS or host.endswith(".replicate.delivery") or _names_a_host(lower):
         return _parse_url(f"https://{s}")
     return _parse_replicate(s.split("/"), s)
 
 
 def unsupported(text: str, why: str = "") -> LoraError:
-    shown = redact_url(text) if "://" in text else text
+    shown = redact_url(text) if "://" in text else _without_query(text)
     shown = shown if len(shown) <= 120 else shown[:117] + "..."
     reason = f" {why}" if why else ""
     return LoraError(f"Cannot use {shown!r} as a LoRA.{reason}\n{ACCEPTED_FORMS}")
+
+
+def _without_query(text: str) -> str:
+    """`text` without what looks like a query string (`?key=value`, perhaps a signature), for messages."""
+    head, _, query = text.partition("?")
+    return f"{head}?…" if "=" in query else text
 
 
 def redact_url(url: str) -> str:
@@ -235,7 +242,13 @@ def _looks_local(lower: str) -> bool:
     if lower.startswith(("/", "./", "../", "~")) or lower in (".", ".."):
         return True
     host = lower.split("/", 1)[0].removeprefix("www.")
-    return lower.endswith((".safetensors", ".tar")) and host not in _BARE_HOSTS
+    return lower.endswith((".safetensors", ".tar")) and host not in _BARE_HOSTS and not _names_a_host(lower)
+
+
+def _names_a_host(lower: str) -> bool:
+    """`example.com/lora.safetensors`: a URL typed without its scheme (relative local paths start with ./)."""
+    first, slash, _ = lower.partition("/")
+    return bool(slash) and _HOST_NAME.fullmatch(first) is not None
 
 
 def _parse_url(url: str) -> Source:

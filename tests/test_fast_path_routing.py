@@ -81,3 +81,20 @@ def test_a_lora_that_cannot_be_hotswapped_runs_plain_with_plain_scales(fast_serv
     fallback = render(fast_service, go_fast=True, main_lora=LoraChoice(lora, 0.5))
     assert any("this request runs the plain path" in r.getMessage() for r in caplog.records)
     assert fallback == render(fast_service, go_fast=False, main_lora=LoraChoice(lora, 0.5))
+
+
+def test_the_memory_check_counts_the_lora_slots_it_will_add(fast_service, tiny_weights):
+    """Setup refuses the fp8 path (and falls back) when the GPU lacks room for it, so the estimate must cover
+    what the build adds: it reads the Linear shapes from the checkpoint's header alone, and the two LoRA slots
+    it counts are at least what hotswap really adds."""
+    from generation import fast_path
+
+    folder = tiny_weights / FLUX_DEV.name
+    transformer = fast_service.fast.models.transformer("dev")
+    slots = [p for name, p in transformer.named_parameters() if ".lora_" in name]
+    added = sum(p.numel() * 2 for p in slots) * fast_path.MAX_LORA_RANK // 16  # bf16 at the production rank
+    estimate = fast_path._slot_bytes(folder)
+    assert estimate >= added
+    assert estimate <= 1.2 * added, "close enough to be worth checking"
+    loaded = FluxModels.load(folder, tiny_weights / FLUX_SCHNELL.name, torch.device("cpu"), torch.float32)
+    assert estimate == fast_path._slot_bytes(loaded.transformer("dev")), "from the header as from the model"

@@ -252,6 +252,17 @@ def test_html_instead_of_a_file_is_named_and_not_cached(files: FakeServer, make_
     assert fetcher.fetch(url).path.read_bytes() == lora_bytes(62)
 
 
+def test_a_redirect_loop_fails_at_once_with_advice_and_caches_nothing(files: FakeServer, make_fetcher, sleeps) -> None:
+    files.add_redirect("/a.safetensors", files.url("/b.safetensors"))
+    url = files.add_redirect("/b.safetensors", files.url("/a.safetensors"))
+    fetcher = make_fetcher()
+
+    with pytest.raises(LoraError, match=r"/b.safetensors redirects again and again \(more than 10 times\)"):
+        fetcher.fetch(url)
+    assert sleeps == [] and len(files.requests) == 11, "no retry: a loop stays a loop"
+    assert valid_entries(fetcher.cache.root) == {}
+
+
 # -- the cache is full --------------------------------------------------------------------------------------------
 
 

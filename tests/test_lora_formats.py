@@ -13,6 +13,7 @@ import re
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from generation.pipelines import FluxModels
 from lora_loader.errors import LoraError
@@ -120,3 +121,14 @@ def applied(state_dict: dict[str, torch.Tensor], probe: torch.Tensor) -> dict[st
             lora_b = state_dict[key.replace(".lora_A.", ".lora_B.")]
             results[key.removesuffix(".lora_A.weight")] = lora_b.double() @ (lora_a.double() @ probe)
     return results
+
+
+@pytest.mark.parametrize("metadata", ["{not json", '["a list"]'])
+def test_unreadable_adapter_metadata_is_a_clear_error(models, tmp_path, metadata):
+    pipe = models.pipeline("dev", "txt2img")
+    shapes = lora_fixtures.linear_shapes(pipe.transformer), lora_fixtures.linear_shapes(pipe.text_encoder)
+    fixture = lora_fixtures.write_fixture("diffusers", tmp_path, *shapes)
+    path = tmp_path / "bad-metadata.safetensors"
+    save_file(load_file(fixture.path), path, metadata={"lora_adapter_metadata": metadata})
+    with pytest.raises(LoraError, match="lora_adapter_metadata entry that is not a JSON object"):
+        load_lora_state_dict(path, pipe.transformer.config)

@@ -152,6 +152,11 @@ def test_local_paths(text: str, path: Path) -> None:
     assert parse_source(text) == LocalPath(path)
 
 
+def test_a_url_typed_without_its_scheme_is_a_url_not_a_local_path() -> None:
+    source = parse_source("example.com/loras/style.safetensors?sig=1")
+    assert isinstance(source, HttpFile) and source.display == "https://example.com/loras/style.safetensors?…"
+
+
 @pytest.mark.parametrize(
     ("text", "hint"),
     [
@@ -160,6 +165,7 @@ def test_local_paths(text: str, path: Path) -> None:
         ("a/b/c/d/e", "Accepted forms"),
         ("ftp://example.com/x.safetensors", "Accepted forms"),
         ("https://example.com/lora.ckpt?token=SECRET", "must end in .safetensors"),
+        ("a/b/c/d/e?X-Amz-Signature=SECRET", "Accepted forms"),  # the query is not echoed either
         ("huggingface.co/only-owner", "huggingface.co/<owner>/<repo>"),
         ("huggingface.co/o/r/blob/main/model.bin", "Only .safetensors"),
         ("huggingface.co/datasets/o/r", "not datasets"),
