@@ -22,7 +22,8 @@ GO_FAST_LORA_MULTIPLIER = 1.5
 class LoraStage:
     """The request's LoRAs on whichever path runs it: the plain models (`plain`, key-named adapters) or the
     compiled fp8 models (`fast`, two hotswapped slots). The path not running is emptied of LoRAs, so the
-    process never holds more than the two LoRAs of the current request."""
+    process never holds more than two: the request's, or on the compiled path a previous one parked at scale 0
+    in a slot this request leaves unused (kept for reuse; it adds nothing to the image)."""
 
     def __init__(self, fetcher: LoraFetcher, plain: AdapterManager, fast=None):
         self.fetcher = fetcher
@@ -41,7 +42,7 @@ class LoraStage:
             if not fast_path:
                 self.plain.apply(request.model, main, extra)
                 if self.fast is not None and self.fast.resident:
-                    self.fast.apply(request.model, None, None)
+                    self.fast.empty()
         logger.info("LoRA adapters resident: %d", len(self.plain.resident) + len(self._fast_resident()))
         return fast_path
 

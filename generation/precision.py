@@ -38,11 +38,13 @@ def fp8_unavailable_reason(device: torch.device, capability: tuple[int, int] | N
     return None
 
 
-def choose_path(go_fast: bool, aspect_ratio: str, fast_unavailable: str | None) -> PathChoice:
-    """The path for one request. `fast_unavailable` is why the fp8 path was not built at setup (None: built)."""
+def choose_path(go_fast: bool, custom_size: bool, fast_unavailable: str | None) -> PathChoice:
+    """The path for one request. `custom_size`: a text-to-image request with aspect_ratio "custom" (an input
+    image sets the size itself, so "custom" means nothing there). `fast_unavailable` is why the fp8 path was
+    not built at setup (None: built)."""
     if not go_fast:
         return PathChoice(False, "go_fast is off")
-    if aspect_ratio == "custom":
+    if custom_size:
         return PathChoice(False, "custom sizes run in bf16, as the schema says")
     if fast_unavailable is not None:
         return PathChoice(False, fast_unavailable)

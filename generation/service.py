@@ -74,10 +74,13 @@ class GenerationService:
         return cls(settings, models, safety, loras, fast, fast_unavailable)
 
     def generate(self, request: GenerationRequest) -> list[Path]:
+        # Every input is read and checked before any LoRA is downloaded: a bad mask must not cost a download.
         init_image = images.load_image(request.image) if request.image is not None else None
         resolved = plan(request, init_image.size if init_image else None)
+        image, mask = self._prepare_inputs(request, resolved, init_image)
         self._log_plan(resolved)
-        choice = precision.choose_path(request.go_fast, request.aspect_ratio, self.fast_unavailable)
+        custom_size = resolved.mode == "txt2img" and request.aspect_ratio == "custom"
+        choice = precision.choose_path(request.go_fast, custom_size, self.fast_unavailable)
         # Before encoding the prompt: a LoRA may carry text-encoder layers.
         if choice.fast and not self.loras.apply(request, fast_path=True):
             choice = precision.PathChoice(False, "a LoRA of this request cannot be swapped into the compiled model")
@@ -85,7 +88,7 @@ class GenerationService:
             self.loras.apply(request, fast_path=False)
         precision.log_choice(choice, request.go_fast)
         models = self.fast.models if choice.fast else self.models
-        generated = self._denoise_all(request, resolved, init_image, models)
+        generated = self._denoise_all(request, resolved, image, mask, models)
         kept = self._drop_unsafe(generated, request.disable_safety_checker)
         with stage("Saving outputs"):
             return images.save_outputs(kept, request.output_format, request.output_quality, self._fresh_output_dir())
@@ -107,12 +110,25 @@ class GenerationService:
             resolved.num_outputs,
         )
 
-    def _denoise_all(
-        self, request: GenerationRequest, resolved: GenerationPlan, init_image: Image.Image | None, models: FluxModels
-    ) -> list[tuple[int, Image.Image]]:
+    @staticmethod
+    def _prepare_inputs(
+        request: GenerationRequest, resolved: GenerationPlan, init_image: Image.Image | None
+    ) -> tuple[Image.Image | None, Image.Image | None]:
+        """The input image at the output size, and the mask at that size (UserInputError if it does not fit)."""
+        if init_image is None:
+            return None, None
         size = (resolved.width, resolved.height)
-        image = images.fit_image(init_image, size) if init_image is not None else None
         mask = images.load_mask(request.mask, size, init_image.size) if resolved.mode == "inpaint" else None
+        return images.fit_image(init_image, size), mask
+
+    def _denoise_all(
+        self,
+        request: GenerationRequest,
+        resolved: GenerationPlan,
+        image: Image.Image | None,
+        mask: Image.Image | None,
+        models: FluxModels,
+    ) -> list[tuple[int, Image.Image]]:
         with stage("Encoding the prompt"):
             embeddings = models.encode_prompt(resolved.model, request.prompt, resolved.max_sequence_length)
         steps = steps_that_run(resolved.num_inference_steps, resolved.strength)

@@ -22,9 +22,9 @@ It brings the models to exactly the state the request asks for:
 If the LoRA has CLIP layers, the prompt must be encoded after `apply` (the service encodes per prediction,
 after applying LoRAs). One prediction runs at a time (Cog), so there is no locking.
 
-Hook for a compiled/fp8 transformer: such a model wants a fixed set of adapters replaced in place
-(`load_lora_weights(..., hotswap=True)`) instead of delete + load, which recompiles. That change belongs in
-`_attach` and `_remove`; `apply` stays the only entry point.
+A compiled transformer must not gain or lose adapters (that recompiles): `lora_loader.hotswap`'s
+`HotswapAdapterManager` serves those, with the same `apply` and the same rules, by swapping LoRAs into fixed
+slots in place.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ the module:
   A + B and B + A differ by float rounding only.
 - A scale is written into the slot's scale tensors (`fill_`); a slot the request does not use gets scale 0,
   which adds exactly nothing, and keeps its LoRA for a later request (`resident` lists such parked LoRAs too).
-  Slots of the other model are set to 0.
+  Slots of the other model are emptied (zeros, scale 0), so at most two LoRAs are ever resident, and
+  `empty()` empties every slot when a request runs on the plain path instead.
 - The placeholder covers every Linear layer of FluxTransformer2DModel, which is everything
   `formats.load_lora_state_dict` ever returns for the transformer, so no LoRA the server reads needs a module
   the slots lack.
@@ -66,8 +67,9 @@ LORA_A, LORA_B = ".lora_A.weight", ".lora_B.weight"
 
 
 class NotHotswappable(LoraError):
-    """This LoRA cannot go into the compiled model's slots; the message says why. Nothing was changed, so the
-    caller can run the request on the plain path instead."""
+    """This LoRA cannot go into the compiled model's slots; the message says why. The caller can run the request
+    on the plain path instead: the checks run before anything changes, and a swap that fails part-way leaves
+    that model's slots at scale 0 (the base model), never half a LoRA."""
 
 
 @dataclass
@@ -141,7 +143,7 @@ class HotswapAdapterManager:
             raise
         scales = {name: placement[name].scale * multiplier if name in placement else 0.0 for name in SLOTS}
         _set_scales(prepared, scales)
-        self._park_others(model)
+        self._empty_others(model)
         _log_scales(placement, scales, multiplier)
 
     def _slots_of(self, model: str) -> _Slots:
@@ -191,11 +193,19 @@ class HotswapAdapterManager:
             time.perf_counter() - start,
         )
 
-    def _park_others(self, model: str) -> None:
-        """Scale 0 for every slot of the other models: only the requested model carries LoRAs."""
+    def empty(self) -> None:
+        """Every slot of every model back to zeros at scale 0: no LoRA resident (the graphs are unchanged)."""
+        self._empty_others(None)
+
+    def _empty_others(self, model: str | None) -> None:
+        """Only the requested model carries LoRAs; the others' slots go back to zeros at scale 0."""
         for other, prepared in self._prepared.items():
-            if other != model:
-                _set_scales(prepared, dict.fromkeys(SLOTS, 0.0))
+            if other == model:
+                continue
+            _set_scales(prepared, dict.fromkeys(SLOTS, 0.0))
+            for slot in prepared.slots.values():
+                if slot.key is not None:
+                    _clear(prepared, slot)
 
     def _pipeline(self, model: str):
         return self.models.pipeline(model, "txt2img")

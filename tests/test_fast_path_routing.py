@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from PIL import Image
 
 from generation.fast_path import FastPath
 from generation.loras import LoraStage
@@ -75,11 +76,20 @@ def test_custom_size_with_go_fast_runs_plain_and_says_so(fast_service, caplog):
     assert any("custom sizes run in bf16" in r.getMessage() for r in caplog.records)
 
 
+def test_custom_is_ignored_with_an_input_image_so_go_fast_still_runs(fast_service, tmp_path, caplog):
+    caplog.set_level("INFO")
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (96, 64), "gray").save(photo)
+    render(fast_service, go_fast=True, aspect_ratio="custom", image=photo, prompt_strength=0.9)
+    assert any(r.getMessage() == "go_fast: running the fp8 transformer, compiled" for r in caplog.records)
+
+
 def test_a_lora_that_cannot_be_hotswapped_runs_plain_with_plain_scales(fast_service, lora_urls, caplog):
     caplog.set_level("INFO")
     lora = lora_urls["with_clip"]  # CLIP layers: not in the compiled transformer's slots
     fallback = render(fast_service, go_fast=True, main_lora=LoraChoice(lora, 0.5))
     assert any("this request runs the plain path" in r.getMessage() for r in caplog.records)
+    assert fast_service.fast.adapters.resident == (), "the compiled path's slots were emptied"
     assert fallback == render(fast_service, go_fast=False, main_lora=LoraChoice(lora, 0.5))
 
 

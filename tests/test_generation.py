@@ -10,6 +10,8 @@ from PIL import Image
 
 from generation import sizes
 from generation.errors import UserInputError
+from generation.request import LoraChoice
+from tests.fakes.lora_servers import FakeServer, lora_bytes
 from tests.helpers import generate, solid_image
 
 
@@ -184,3 +186,13 @@ def test_outputs_of_the_previous_prediction_are_cleaned_up(service):
 def test_output_images_decode(service):
     [output] = generate(service, output_format="webp", megapixels="0.25", seed=1)
     Image.open(io.BytesIO(output.data)).load()
+
+
+def test_a_bad_mask_fails_before_any_lora_is_downloaded(service, tmp_path):
+    image = solid_image(tmp_path / "image.png", (64, 64))
+    mask = solid_image(tmp_path / "mask.png", (64, 32), (255, 255, 255))
+    with FakeServer() as site:
+        url = site.add_file("/lora.safetensors", lora_bytes())
+        with pytest.raises(UserInputError, match="aspect ratios differ"):
+            generate(service, image=image, mask=mask, main_lora=LoraChoice(url, 1.0))
+        assert site.requests == [], "the request was refused before its LoRA was fetched"

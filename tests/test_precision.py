@@ -27,24 +27,24 @@ def test_missing_torchao_is_a_reason(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("go_fast", "aspect_ratio", "unavailable", "fast", "says"),
+    ("go_fast", "custom_size", "unavailable", "fast", "says"),
     [
-        (False, "1:1", None, False, "go_fast is off"),
-        (True, "custom", None, False, "custom sizes run in bf16"),
-        (True, "16:9", "fp8 needs a CUDA GPU", False, "fp8 needs a CUDA GPU"),
-        (True, "16:9", None, True, "fp8"),
+        (False, False, None, False, "go_fast is off"),
+        (True, True, None, False, "custom sizes run in bf16"),
+        (True, False, "fp8 needs a CUDA GPU", False, "fp8 needs a CUDA GPU"),
+        (True, False, None, True, "fp8"),
     ],
 )
-def test_choose_path(go_fast, aspect_ratio, unavailable, fast, says):
-    choice = precision.choose_path(go_fast, aspect_ratio, unavailable)
+def test_choose_path(go_fast, custom_size, unavailable, fast, says):
+    choice = precision.choose_path(go_fast, custom_size, unavailable)
     assert choice.fast == fast and says in choice.reason
 
 
 def test_fallback_is_logged_only_when_go_fast_was_asked(caplog):
     caplog.set_level("INFO")
-    precision.log_choice(precision.choose_path(False, "1:1", "no GPU"), go_fast=False)
+    precision.log_choice(precision.choose_path(False, False, "no GPU"), go_fast=False)
     assert caplog.records == []
-    precision.log_choice(precision.choose_path(True, "custom", None), go_fast=True)
+    precision.log_choice(precision.choose_path(True, True, None), go_fast=True)
     assert (
         caplog.records[-1].getMessage()
         == "go_fast: custom sizes run in bf16, as the schema says; running the plain path"
