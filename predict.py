@@ -18,6 +18,7 @@ import cog.types
 from cog import BasePredictor, Input, Path
 
 from generation import input_urls
+from generation.errors import UserInputError
 from generation.logs import configure_logging
 from generation.request import GenerationRequest, LoraChoice
 from generation.service import GenerationService
@@ -150,6 +151,15 @@ class Predictor(BasePredictor):
 
 class TrainedPredictor(Predictor):
     """The schema of a trained-LoRA model: its own LoRA (`setup(weights)`) is always the main LoRA."""
+
+    def setup(self, weights: Optional[str] = None) -> None:
+        if not weights:  # without its LoRA this schema would silently serve the base model
+            raise UserInputError(
+                "predict.py:TrainedPredictor serves one trained LoRA, given as the model's weights: set COG_WEIGHTS "
+                "(a Replicate training output, a Hugging Face repo or any LoRA source). To choose LoRAs per "
+                "request, serve predict.py:Predictor."
+            )
+        super().setup(weights)
 
     def predict(
         self,

@@ -57,6 +57,7 @@ class GenerationService:
     def from_settings(cls, settings: Settings, fetcher: LoraFetcher | None = None) -> GenerationService:
         """Load everything; `fetcher` defaults to one configured from the environment (LORA_CACHE_DIR, ...)."""
         logger.info("Device %s, dtype %s, weights in %s", settings.device, settings.dtype, settings.weights_dir)
+        fetcher = fetcher or LoraFetcher.from_env()  # a mistyped LORA_* setting fails before minutes of loading
         with stage("Setup"):
             with stage("Finding base weights"):
                 folders = ensure_weights(settings.weights_dir)
@@ -70,7 +71,7 @@ class GenerationService:
                 )
             sources = {"dev": folders[FLUX_DEV.name], "schnell": folders[FLUX_SCHNELL.name]}
             fast, fast_unavailable = FastPath.try_build(models, sources)
-        loras = LoraStage(fetcher or LoraFetcher.from_env(), AdapterManager(models), fast and fast.adapters)
+        loras = LoraStage(fetcher, AdapterManager(models), fast and fast.adapters)
         return cls(settings, models, safety, loras, fast, fast_unavailable)
 
     def generate(self, request: GenerationRequest) -> list[Path]:

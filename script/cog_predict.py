@@ -134,12 +134,12 @@ def run_in_process(args: argparse.Namespace, values: dict, schema: dict) -> list
         values.setdefault(name, prop.get("default"))
     module_name, class_name = (args.target or default_target()).split(":")
     predictor = getattr(importlib.import_module(module_name.removesuffix(".py")), class_name)()
-    started = time.perf_counter()
-    predictor.setup(weights=os.environ.get("COG_WEIGHTS"))
-    print(f"setup done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     from generation.errors import UserInputError
 
+    started = time.perf_counter()
     try:
+        predictor.setup(weights=os.environ.get("COG_WEIGHTS"))
+        print(f"setup done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
         outputs = predictor.predict(**values)
     except UserInputError as error:  # the user's mistake: the message, not a traceback
         raise UsageError(str(error)) from None

@@ -8,6 +8,7 @@ import sys
 import pytest
 from PIL import Image
 
+from tests.lora_sites import tiny_lora_bytes, tiny_lora_shapes
 from tests.server import REPO_ROOT, CogServer
 
 
@@ -85,14 +86,23 @@ def test_bad_inputs_exit_1_with_the_reason_and_no_traceback(tmp_path, tiny_env, 
     assert "Traceback" not in result.stderr
 
 
-def test_trained_predictor_target_has_no_replicate_weights(tmp_path, tiny_env):
+def test_trained_predictor_target_has_no_replicate_weights_and_needs_its_lora(tmp_path, tiny_env, tiny_weights):
     target = ["--target", "predict.py:TrainedPredictor"]
+    inputs = ["-i", "prompt=x", "-i", "num_inference_steps=1", "-i", "megapixels=0.25"]
     result = run([*target, "-i", "prompt=x", "-i", "replicate_weights=a/b"], tmp_path, tiny_env)
     assert result.returncode == 1 and "unknown input 'replicate_weights'" in result.stderr
-    result = run(
-        [*target, "-i", "prompt=x", "-i", "num_inference_steps=1", "-i", "megapixels=0.25"], tmp_path, tiny_env
-    )
+
+    result = run([*target, *inputs], tmp_path, tiny_env)
+    assert result.returncode == 1 and "set COG_WEIGHTS" in result.stderr, "never the base model in silence"
+    assert "Traceback" not in result.stderr
+
+    lora = tmp_path / "loras" / "trained.safetensors"
+    lora.parent.mkdir()
+    lora.write_bytes(tiny_lora_bytes(tiny_lora_shapes(tiny_weights), "ai_toolkit", tmp_path / "build", seed=5))
+    env = {**tiny_env, "COG_WEIGHTS": str(lora), "LORA_LOCAL_DIRS": str(lora.parent)}
+    result = run([*target, *inputs, "-o", "trained"], tmp_path, env)
     assert result.returncode == 0, result.stderr
+    assert "Preloading the LoRA given at setup" in result.stdout + result.stderr
 
 
 def test_against_a_running_server(tmp_path, tiny_env):
