@@ -142,6 +142,12 @@ def _downloading_first(url_path_type: type) -> type:
         def convert(self):
             if getattr(self, "_path", None) is None and isinstance(self.fileobj, GuardedDownload):
                 self.fileobj.fetch()
+                try:
+                    return super().convert()
+                finally:
+                    # cog copies the body and never closes the source; the unlinked download behind it would
+                    # hold its disk space (up to the cap) until garbage collection.
+                    self.fileobj.close()
             return super().convert()
 
     return GuardedURLPath

@@ -8,7 +8,6 @@ transformer is seen by all three modes of that model.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,6 @@ from diffusers import (
 from PIL import Image
 
 from .request import GenerationPlan, Mode
-
-logger = logging.getLogger(__name__)
 
 PIPELINE_CLASSES = {"txt2img": FluxPipeline, "img2img": FluxImg2ImgPipeline, "inpaint": FluxInpaintPipeline}
 

@@ -5,7 +5,6 @@ All input rules of DESIGN.md that do not need a model live here, so they are tes
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from typing import Literal
@@ -13,8 +12,6 @@ from typing import Literal
 from . import sizes
 from .errors import UserInputError
 from .seeds import resolve_seed
-
-logger = logging.getLogger(__name__)
 
 Mode = Literal["txt2img", "img2img", "inpaint"]
 MODELS = ("dev", "schnell")

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import secrets
 
 import torch
 
 from .errors import UserInputError
-
-logger = logging.getLogger(__name__)
 
 MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; keep seed + 3 in range
 

@@ -459,8 +459,10 @@ def test_a_failed_image_download_leaves_no_temp_file(files: FakeServer, tmp_path
         url_path("/missing.png").convert()
     assert list(tmp_path.iterdir()) == []
     files.add_file("/photo.png", png_bytes(), content_type="image/png")
-    converted = url_path("/photo.png").convert()
+    photo = url_path("/photo.png")
+    converted = photo.convert()
     assert Path(converted).read_bytes() == png_bytes() and list(tmp_path.iterdir()) == [Path(converted)]
+    assert photo.fileobj.closed, "the download behind the copy is released at once"
 
 
 def test_plain_strings_for_image_inputs_are_refused() -> None:
