@@ -90,8 +90,9 @@ def explain_status(error: HttpStatusError, source: CivitaiModel | CivitaiVersion
     """Advice for a CivitAI error status, naming the id kind the URL needs."""
     if error.status in (401, 403):
         if token:
+            sent = "the token in the URL" if source.token else "CIVITAI_API_TOKEN"
             return LoraError(
-                f"CivitAI refused CIVITAI_API_TOKEN for {source.display} (HTTP {error.status}): the token is invalid "
+                f"CivitAI refused {sent} for {source.display} (HTTP {error.status}): the token is invalid "
                 f"or its account may not download this model. Check the key at {TOKEN_PAGE}."
             )
         return LoraError(

@@ -213,13 +213,13 @@ class LoraFetcher:
         return _Fetched(payload, archive_allowed=True)
 
     def _fetch_civitai(self, client: httpx.Client, src: CivitaiModel | CivitaiVersion, work: Path) -> _Fetched:
-        token, base = self.settings.civitai_token, self.settings.civitai_base_url
+        token, base = src.token or self.settings.civitai_token, self.settings.civitai_base_url
         resolve = civitai.resolve_model if isinstance(src, CivitaiModel) else civitai.resolve_version
         target = resolve(client, src, base, token, self.retry)
         try:
             payload = self._download(client, target.url, work, src.display, bearer(token))
         except HttpStatusError as error:
-            raise civitai.explain_status(error, CivitaiVersion(target.version_id), token) from None
+            raise civitai.explain_status(error, CivitaiVersion(target.version_id, token=src.token), token) from None
         return _Fetched(payload, False, target.trigger_words, target.details)
 
     def _fetch_url(self, client: httpx.Client, src: HttpFile, work: Path) -> _Fetched:
@@ -289,6 +289,8 @@ class LoraFetcher:
             CivitaiModel: self.settings.civitai_token,
             CivitaiVersion: self.settings.civitai_token,
         }.get(type(src))
+        if isinstance(src, CivitaiModel | CivitaiVersion) and src.token:
+            token = src.token
         return f"token-{hashlib.sha256(token.encode()).hexdigest()[:16]}" if token else ANONYMOUS
 
     def _key(self, src: Source, scope: str) -> str:

@@ -26,7 +26,7 @@ REPLICATE_HOST = "replicate.com"
 # Hosts written without a scheme that are still URLs, not Replicate `owner/model` names.
 _HOST_NAME = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)*\.[a-z]{2,}(:\d+)?")  # a dotted name ending in a TLD
 _BARE_HOSTS = (*HF_HOSTS, CIVITAI_HOST, REPLICATE_HOST, "replicate.delivery")
-# CivitAI download-endpoint parameters that choose a file; anything else (token=...) is dropped.
+# CivitAI download-endpoint parameters that choose a file; `token=` is kept apart, anything else is dropped.
 CIVITAI_FILE_PARAMS = ("type", "format", "size", "fp")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -98,6 +98,7 @@ class CivitaiModel:
 
     model_id: int
     version_id: int | None = None
+    token: str | None = field(default=None, repr=False)  # a `?token=` the user pasted; never shown
     kind = "civitai"
 
     @property
@@ -116,6 +117,7 @@ class CivitaiVersion:
 
     version_id: int
     params: tuple[tuple[str, str], ...] = ()  # file selectors only, never a token
+    token: str | None = field(default=None, repr=False)  # a `?token=` the user pasted; never shown
     kind = "civitai"
 
     @property
@@ -300,13 +302,18 @@ def _parse_civitai(segments: list[str], query: str, url: str) -> CivitaiModel | 
         version = dict(params).get("modelVersionId")
         if version is not None and not _DIGITS.match(version):
             raise unsupported(url, f"modelVersionId must be a number, not {version!r}.")
-        return CivitaiModel(int(segments[1]), int(version) if version is not None else None)
+        return CivitaiModel(int(segments[1]), int(version) if version is not None else None, _url_token(params))
     if segments[:3] == ["api", "download", "models"] and len(segments) == 4 and _DIGITS.match(segments[3]):
         kept = tuple((k, v) for k, v in params if k in CIVITAI_FILE_PARAMS)
-        return CivitaiVersion(int(segments[3]), kept)
+        return CivitaiVersion(int(segments[3]), kept, _url_token(params))
     raise unsupported(
         url, "A CivitAI LoRA is civitai.com/models/<model id> or civitai.com/api/download/models/<version id>."
     )
+
+
+def _url_token(params: list[tuple[str, str]]) -> str | None:
+    """CivitAI download links may carry the user's API key (`?token=`): used like CIVITAI_API_TOKEN."""
+    return dict(params).get("token") or None
 
 
 def _parse_replicate(segments: list[str], text: str) -> ReplicateModel:

@@ -407,6 +407,28 @@ def test_civitai_token_is_sent_and_401_explained(civitai: FakeCivitai, make_fetc
     assert CIVITAI_TOKEN not in caplog.text
 
 
+def test_a_civitai_token_in_the_url_is_used_never_shown_and_scopes_the_cache(
+    civitai: FakeCivitai, make_fetcher, caplog
+) -> None:
+    """Download links copied from CivitAI carry the user's key (`?token=`): a hosted model's caller cannot
+    set CIVITAI_API_TOKEN, so the link's token is sent as the bearer token instead."""
+    caplog.set_level(logging.DEBUG)
+    civitai.token = CIVITAI_TOKEN
+    civitai.add_model(5, [FakeVersion(50, LORA)])
+    fetcher = make_fetcher()
+
+    lora = fetcher.fetch(f"https://civitai.com/api/download/models/50?type=Model&token={CIVITAI_TOKEN}")
+    assert lora.path.read_bytes() == LORA
+    assert civitai.site.requests[-1].authorization == f"Bearer {CIVITAI_TOKEN}"
+    assert all(CIVITAI_TOKEN not in r.query for r in civitai.site.requests), "sent as a header, not in URLs"
+    with pytest.raises(LoraError, match=r"refused the token in the URL"):
+        fetcher.fetch("https://civitai.com/api/download/models/50?token=wrong")
+    with pytest.raises(LoraError, match=r"requires an API token"):  # the cached file is not for token-less calls
+        fetcher.fetch("https://civitai.com/api/download/models/50?type=Model")
+    for text in (caplog.text, lora.source, lora.key, str(lora.path)):
+        assert CIVITAI_TOKEN not in text
+
+
 def test_civitai_warns_about_non_flux_models_and_pickles(civitai: FakeCivitai, make_fetcher, caplog) -> None:
     civitai.add_model(7, [FakeVersion(70, LORA, base_model="SDXL 1.0")])
     civitai.add_model(8, [FakeVersion(80, LORA, pickle_only=True)])

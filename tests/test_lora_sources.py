@@ -96,7 +96,7 @@ def test_hugging_face_forms(text: str, expected: HuggingFaceFile) -> None:
         ("https://civitai.com/api/download/models/822300", CivitaiVersion(822300)),
         (
             "https://civitai.com/api/download/models/822300?type=Model&format=SafeTensor&token=SECRET",
-            CivitaiVersion(822300, (("type", "Model"), ("format", "SafeTensor"))),
+            CivitaiVersion(822300, (("type", "Model"), ("format", "SafeTensor")), token="SECRET"),
         ),
     ],
 )
