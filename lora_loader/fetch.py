@@ -213,7 +213,7 @@ class LoraFetcher:
         return _Fetched(payload, archive_allowed=True)
 
     def _fetch_civitai(self, client: httpx.Client, src: CivitaiModel | CivitaiVersion, work: Path) -> _Fetched:
-        token, base = src.token or self.settings.civitai_token, self.settings.civitai_base_url
+        token, base = self._token_for(src), self.settings.civitai_base_url
         resolve = civitai.resolve_model if isinstance(src, CivitaiModel) else civitai.resolve_version
         target = resolve(client, src, base, token, self.retry)
         try:
@@ -282,15 +282,19 @@ class LoraFetcher:
 
     # -- keys and secrets --------------------------------------------------------------------------
 
-    def _token_scope(self, src: Source) -> str:
-        token = {
+    def _token_for(self, src: Source) -> str | None:
+        """The token a fetch of `src` sends: a CivitAI link's own `?token=`, else the site's variable."""
+        if isinstance(src, CivitaiModel | CivitaiVersion) and src.token:
+            return src.token
+        return {
             ReplicateModel: self.settings.replicate_token,
             HuggingFaceFile: self.settings.hf_token,
             CivitaiModel: self.settings.civitai_token,
             CivitaiVersion: self.settings.civitai_token,
         }.get(type(src))
-        if isinstance(src, CivitaiModel | CivitaiVersion) and src.token:
-            token = src.token
+
+    def _token_scope(self, src: Source) -> str:
+        token = self._token_for(src)
         return f"token-{hashlib.sha256(token.encode()).hexdigest()[:16]}" if token else ANONYMOUS
 
     def _key(self, src: Source, scope: str) -> str:
