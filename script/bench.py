@@ -34,8 +34,8 @@ from generation.logs import configure_logging  # noqa: E402
 from generation.pipelines import FluxModels  # noqa: E402
 from lora_loader import LoraFetcher, LoraSettings  # noqa: E402
 from lora_loader.adapters import AdapterManager, LoraSpec  # noqa: E402
+from testkit.tiny_weights import write_tiny_weights  # noqa: E402
 from weights.layout import FLUX_DEV, FLUX_SCHNELL  # noqa: E402
-from weights.tiny import write_tiny_weights  # noqa: E402
 
 # Real FLUX.1 block counts; the width is what makes the full model 12 B parameters, not the layer count.
 BENCH_TRANSFORMER = dict(num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=6)

@@ -37,8 +37,8 @@ from generation.service import GenerationService
 from generation.settings import Settings
 from lora_loader import LoraFetcher, LoraSettings
 from lora_loader.adapters import AdapterManager
+from testkit.tiny_weights import write_tiny_weights
 from weights.layout import FLUX_DEV, FLUX_SCHNELL, NSFW_CLASSIFIER, SAFETY_CHECKER
-from weights.tiny import write_tiny_weights
 
 FLUX_TRANSFORMER = dict(
     patch_size=1,

@@ -4,8 +4,8 @@
     script/soak -n 1000 --json soak.json
     script/soak --keep               keep the work folder (server log, cache, temp folder) for a look
 
-It starts the real Cog server (`python -m cog.server.http`, as tests/server.py does) on the tiny random weights,
-with fake Replicate, CivitAI, Hugging Face and plain-URL LoRA sites on 127.0.0.1 (tests/lora_sites.py: nothing
+It starts the real Cog server (`python -m cog.server.http`, as testkit/cog_server.py does) on the tiny random weights,
+with fake Replicate, CivitAI, Hugging Face and plain-URL LoRA sites on 127.0.0.1 (testkit/lora_sites.py: nothing
 leaves the machine), a LoRA cache capped small enough that it must evict, and its own temp folder. Then it
 sends N predictions one after another, cycling deterministically through dev/schnell, txt2img/img2img/inpaint,
 aspect ratios, megapixels, custom sizes, output formats, num_outputs, go_fast, and LoRAs: none, one or two, from
@@ -54,9 +54,9 @@ sys.path.insert(0, str(REPO_ROOT))
 import psutil  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from tests.fakes.lora_servers import FakeVersion, trainer_tar  # noqa: E402
-from tests.lora_sites import LoraSites, tiny_lora_bytes, tiny_lora_shapes  # noqa: E402
-from tests.server import CogServer  # noqa: E402
+from testkit.cog_server import CogServer  # noqa: E402
+from testkit.fakes.lora_servers import FakeVersion, trainer_tar  # noqa: E402
+from testkit.lora_sites import LoraSites, tiny_lora_bytes, tiny_lora_shapes  # noqa: E402
 
 RSS_GROWTH_LIMIT = 0.05
 MAX_ADAPTERS = 2
@@ -389,7 +389,7 @@ def print_report(report: Report, check_rss: bool = True) -> None:
 
 def ensure_tiny_weights(folder: Path) -> Path:
     if not (folder / "FLUX.1-dev" / "model_index.json").is_file():
-        from weights.tiny import write_tiny_weights
+        from testkit.tiny_weights import write_tiny_weights
 
         print(f"Building the tiny weights in {folder}", file=sys.stderr)
         write_tiny_weights(folder)

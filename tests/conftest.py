@@ -11,7 +11,7 @@ import torch
 from generation.service import GenerationService
 from generation.settings import Settings
 from lora_loader import LoraFetcher, LoraSettings
-from weights.tiny import write_tiny_weights
+from testkit.tiny_weights import write_tiny_weights
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -26,10 +26,10 @@ import torch
 from PIL import Image
 from safetensors.torch import save
 
-from tests import lora_fixtures
-from tests.fakes.lora_servers import FakeVersion, make_tar, trainer_tar
-from tests.lora_sites import LoraSites, tiny_lora_bytes, tiny_lora_shapes
-from tests.server import CogServer
+from testkit import lora_fixtures
+from testkit.cog_server import CogServer
+from testkit.fakes.lora_servers import FakeVersion, make_tar, trainer_tar
+from testkit.lora_sites import LoraSites, tiny_lora_bytes, tiny_lora_shapes
 
 # Tokens the server holds: none may ever show up in an answer. The Replicate one is wrong for the gated model.
 REPLICATE_TOKEN = "r8_wrong_token_d0n7_l34k_m3"

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from tests.server import REPO_ROOT
+from testkit.cog_server import REPO_ROOT
 
 
 def test_lora_bench_runs_at_tiny_size(tmp_path):

@@ -1,9 +1,18 @@
 """go_fast routing in the service, on CPU: a FastPath whose transformers are plain tiny ones (fp8 and compile
-need a GPU) stands in for the fp8 models, so what is tested is the service's choice of models, the x1.5 LoRA
-multiplier on that path, and the fallback for a LoRA that cannot be hotswapped."""
+need a GPU) stands in for the fp8 models, so what is tested is the service's choice of models, that a LoRA scale
+means the same on that path (multiplier 1.0), and the fallback for a LoRA that cannot be hotswapped.
+
+The two paths compute the same image by different routes (hotswap slots padded to a rank vs peft adapters), so
+their float32 results differ in the last bits and the 8-bit pixels by a grey level here and there, and by how
+much depends on the CPU. They are compared as decoded pixels: at most 2 grey levels anywhere and a mean under
+0.05, while moving the LoRA scale from 0.4 to 0.6 changes the image by far more; so "equal within rounding" is
+told apart from "another scale" with a wide margin on any machine."""
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -15,8 +24,8 @@ from generation.request import GenerationRequest, LoraChoice
 from generation.service import GenerationService
 from lora_loader.adapters import AdapterManager
 from lora_loader.hotswap import HotswapAdapterManager
-from tests import lora_fixtures
-from tests.fakes.lora_servers import FakeServer
+from testkit import lora_fixtures
+from testkit.fakes.lora_servers import FakeServer
 from weights.layout import FLUX_DEV, FLUX_SCHNELL
 
 
@@ -57,17 +66,27 @@ def render(service, **fields):
         **fields,
     )
     [path] = service.generate(GenerationRequest(**fields))
-    return path.read_bytes()
+    return np.asarray(Image.open(io.BytesIO(path.read_bytes())).convert("RGB"), dtype=np.int16)
 
 
-def test_go_fast_runs_the_fast_models_with_both_scales_times_1_5(fast_service, lora_urls, caplog):
+def assert_same_within_rounding(a: np.ndarray, b: np.ndarray) -> None:
+    difference = np.abs(a - b)
+    assert difference.max() <= 2 and difference.mean() < 0.05, (int(difference.max()), float(difference.mean()))
+
+
+def mean_difference(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).mean())
+
+
+def test_go_fast_runs_the_fast_models_and_a_scale_means_the_same(fast_service, lora_urls, caplog):
     caplog.set_level("INFO")
     lora = lora_urls["transformer"]
     fast = render(fast_service, go_fast=True, main_lora=LoraChoice(lora, 0.4))
     assert any(r.getMessage() == "go_fast: running the fp8 transformer, compiled" for r in caplog.records)
-    plain_at_0_6 = render(fast_service, go_fast=False, main_lora=LoraChoice(lora, 0.6))
     plain_at_0_4 = render(fast_service, go_fast=False, main_lora=LoraChoice(lora, 0.4))
-    assert fast == plain_at_0_6 != plain_at_0_4, "go_fast at 0.4 must equal the plain path at 0.4 x 1.5"
+    plain_at_0_6 = render(fast_service, go_fast=False, main_lora=LoraChoice(lora, 0.6))
+    assert_same_within_rounding(fast, plain_at_0_4)
+    assert mean_difference(fast, plain_at_0_6) > 20 * mean_difference(fast, plain_at_0_4) + 1.0, "not x1.5"
 
 
 def test_custom_size_with_go_fast_runs_plain_and_says_so(fast_service, caplog):
@@ -90,7 +109,7 @@ def test_a_lora_that_cannot_be_hotswapped_runs_plain_with_plain_scales(fast_serv
     fallback = render(fast_service, go_fast=True, main_lora=LoraChoice(lora, 0.5))
     assert any("this request runs the plain path" in r.getMessage() for r in caplog.records)
     assert fast_service.fast.adapters.resident == (), "the compiled path's slots were emptied"
-    assert fallback == render(fast_service, go_fast=False, main_lora=LoraChoice(lora, 0.5))
+    assert_same_within_rounding(fallback, render(fast_service, go_fast=False, main_lora=LoraChoice(lora, 0.5)))
 
 
 def test_the_memory_check_counts_the_lora_slots_it_will_add(fast_service, tiny_weights):

@@ -27,9 +27,10 @@ from lora_loader import http as lora_http
 from lora_loader.cache import LORA_FILE, SIDECAR
 from lora_loader.http import RetryPolicy
 from lora_loader.validate import check_safetensors
-from tests.fakes.lora_servers import FakeCivitai, FakeServer, FakeVersion, fetch_many_in_process, lora_bytes
-from tests.lora_sites import tiny_lora_bytes, tiny_lora_shapes
-from tests.server import CogServer
+from testkit.cog_server import CogServer
+from testkit.fakes.lora_servers import FakeCivitai, FakeServer, FakeVersion, fetch_many_in_process, lora_bytes
+from testkit.helpers import png_bytes
+from testkit.lora_sites import tiny_lora_bytes, tiny_lora_shapes
 
 READ_TIMEOUT = "0.3"  # seconds; a stalled fake is given up on after this
 HTML = b"<!DOCTYPE html>\n<html><head><title>Cloudflare</title></head><body>Checking your browser</body></html>"
@@ -427,7 +428,6 @@ def test_the_server_rides_out_dropped_and_stalled_downloads_and_fails_html_clear
 
 
 def test_the_server_downloads_image_urls_under_the_cap(server, files) -> None:
-    from tests.test_url_safety import png_bytes
 
     photo = files.add_file("/photo.png", png_bytes((96, 64)), content_type="image/png")
     body = predict(server, image=photo, prompt_strength=0.5)

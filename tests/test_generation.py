@@ -11,8 +11,8 @@ from PIL import Image
 from generation import sizes
 from generation.errors import UserInputError
 from generation.request import LoraChoice
-from tests.fakes.lora_servers import FakeServer, lora_bytes
-from tests.helpers import generate, solid_image
+from testkit.fakes.lora_servers import FakeServer, lora_bytes
+from testkit.helpers import generate, solid_image
 
 
 @pytest.mark.parametrize("model", ["dev", "schnell"])

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.server import CogServer
+from testkit.cog_server import CogServer
 
 
 @pytest.fixture(scope="module")

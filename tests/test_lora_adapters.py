@@ -20,7 +20,7 @@ from generation.pipelines import FluxModels
 from lora_loader.adapters import AdapterManager, LoraSpec, adapter_name
 from lora_loader.errors import LoraError
 from lora_loader.formats import load_lora_state_dict
-from tests import lora_fixtures
+from testkit import lora_fixtures
 from weights.layout import FLUX_DEV, FLUX_SCHNELL
 
 PROMPT, GUIDANCE = lora_fixtures.PROMPT, lora_fixtures.GUIDANCE

@@ -21,8 +21,8 @@ import pytest
 from lora_loader import LoraError, LoraFetcher, LoraSettings
 from lora_loader.cache import LORA_FILE, SIDECAR
 from lora_loader.http import RetryPolicy
-from tests.fakes.hf_hub import FakeHub
-from tests.fakes.lora_servers import (
+from testkit.fakes.hf_hub import FakeHub
+from testkit.fakes.lora_servers import (
     FakeCivitai,
     FakeReplicate,
     FakeServer,

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests import lora_fixtures
-from tests.fakes.hf_hub import FakeHub
-from tests.fakes.lora_servers import FakeCivitai, FakeReplicate, FakeServer, FakeVersion, trainer_tar
-from tests.server import REPO_ROOT, CogServer
+from testkit import lora_fixtures
+from testkit.cog_server import REPO_ROOT, CogServer
+from testkit.fakes.hf_hub import FakeHub
+from testkit.fakes.lora_servers import FakeCivitai, FakeReplicate, FakeServer, FakeVersion, trainer_tar
 
 BASE = {"prompt": "a photo of TOK", "num_inference_steps": 2, "megapixels": "0.25", "seed": 5, "output_format": "png"}
 

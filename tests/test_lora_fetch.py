@@ -24,8 +24,8 @@ from lora_loader import http as lora_http
 from lora_loader.http import RetryPolicy
 from lora_loader.netpolicy import AddressPolicy
 from lora_loader.triggers import from_metadata, from_model_card, from_trainer_config
-from tests.fakes.hf_hub import FakeHub
-from tests.fakes.lora_servers import (
+from testkit.fakes.hf_hub import FakeHub
+from testkit.fakes.lora_servers import (
     FakeCivitai,
     FakeReplicate,
     FakeServer,

@@ -1,6 +1,6 @@
 """Every LoRA format converts to the exact ΔW it should cause; unsupported files fail with a clear message.
 
-Each fixture file comes with the ΔW it must make on every layer it targets (tests/lora_fixtures.py). The test
+Each fixture file comes with the ΔW it must make on every layer it targets (testkit/lora_fixtures.py). The test
 converts it, loads it with diffusers onto the tiny dev pipeline and compares peft's `get_delta_weight` on each
 layer carrying the adapter with that expectation, so a conversion that silently drops, mis-splits or mis-scales
 a layer fails here.
@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from generation.pipelines import FluxModels
 from lora_loader.errors import LoraError
 from lora_loader.formats import BFL_PEFT, KOHYA, FluxLayout, convert_lora_state_dict, load_lora_state_dict
-from tests import lora_fixtures
+from testkit import lora_fixtures
 from weights.layout import FLUX_DEV, FLUX_SCHNELL
 
 ADAPTER = "under_test"

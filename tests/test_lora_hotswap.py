@@ -22,7 +22,7 @@ from lora_loader import hotswap
 from lora_loader.adapters import AdapterManager, LoraSpec
 from lora_loader.errors import LoraError
 from lora_loader.hotswap import SLOTS, HotswapAdapterManager, NotHotswappable
-from tests import lora_fixtures
+from testkit import lora_fixtures
 from weights.layout import FLUX_DEV, FLUX_SCHNELL
 
 PROMPT, GUIDANCE = lora_fixtures.PROMPT, lora_fixtures.GUIDANCE

@@ -1,4 +1,4 @@
-"""Safety through the real tiny checkers: their verdicts follow image brightness (weights/tiny.py), so each
+"""Safety through the real tiny checkers: their verdicts follow image brightness (testkit/tiny_weights.py), so each
 case is set up by choosing thresholds, never by mocking a checker."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import torch
 from generation.errors import UserInputError
 from generation.safety import ALL_FLAGGED_MESSAGE, SafetyChecker
 from generation.service import GenerationService
-from tests.helpers import generate
-from weights.tiny import TIE_MARGIN, write_nsfw_classifier, write_safety_checker
+from testkit.helpers import generate
+from testkit.tiny_weights import TIE_MARGIN, write_nsfw_classifier, write_safety_checker
 
 ALWAYS = -0.5  # every brightness in [0, 1] is above it
 NEVER = None

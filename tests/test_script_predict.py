@@ -8,8 +8,8 @@ import sys
 import pytest
 from PIL import Image
 
-from tests.lora_sites import tiny_lora_bytes, tiny_lora_shapes
-from tests.server import REPO_ROOT, CogServer
+from testkit.cog_server import REPO_ROOT, CogServer
+from testkit.lora_sites import tiny_lora_bytes, tiny_lora_shapes
 
 
 def run(args: list[str], cwd, env, wrapper: bool = False) -> subprocess.CompletedProcess:

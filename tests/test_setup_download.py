@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fakes.hf_hub import FakeHub
-from tests.server import CogServer
+from testkit.cog_server import CogServer
+from testkit.fakes.hf_hub import FakeHub
 from weights.layout import ALL_FOLDERS, FLUX_DEV
 
 TOKEN = "hf_test_token_for_the_fake_hub"

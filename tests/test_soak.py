@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 
-from tests.server import REPO_ROOT
+from testkit.cog_server import REPO_ROOT
 
 
 def load_soak():

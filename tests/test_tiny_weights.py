@@ -20,7 +20,7 @@ from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionS
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification, CLIPImageProcessor
 
-from weights import tiny
+from testkit import tiny_weights as tiny
 from weights.layout import ALL_FOLDERS, FLUX_DEV, FLUX_SCHNELL, NSFW_CLASSIFIER, SAFETY_CHECKER
 
 BUILD_THRESHOLD = 0.5  # what the shared build uses for both safety models
@@ -138,7 +138,7 @@ def test_schnell_txt2img_with_dev_encoders(root, dev_pipe):
     assert torch.isfinite(images).all()
 
 
-# Safety models: verdicts follow the mean brightness (see weights/tiny.py)
+# Safety models: verdicts follow the mean brightness (see testkit/tiny_weights.py)
 
 
 def _gray(level: int) -> Image.Image:

@@ -25,16 +25,16 @@ from pathlib import Path
 
 import httpcore
 import pytest
-from PIL import Image
 
 from generation import input_urls
 from lora_loader import LoraError, LoraFetcher, LoraSettings
 from lora_loader.http import RetryPolicy, SizeLimit, Timeouts, download, make_client
 from lora_loader.netpolicy import AddressPolicy
 from lora_loader.transport import GuardedTransport
-from tests.fakes.hf_hub import FakeHub
-from tests.fakes.lora_servers import FakeServer, lora_bytes, make_tar
-from tests.server import CogServer
+from testkit.cog_server import CogServer
+from testkit.fakes.hf_hub import FakeHub
+from testkit.fakes.lora_servers import FakeServer, lora_bytes, make_tar
+from testkit.helpers import png_bytes
 
 FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02)
 LORA = lora_bytes(41)
@@ -385,12 +385,6 @@ def test_hugging_face_files_over_the_cap_are_not_downloaded(tmp_path: Path) -> N
 
 
 # -- image URLs (Cog's own downloads) -----------------------------------------------------------------------------
-
-
-def png_bytes(size=(64, 48)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, (10, 200, 30)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def test_guarded_image_download_applies_the_policy_and_the_cap(files: FakeServer) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import huggingface_hub.file_download
 import pytest
 
-from tests.fakes.hf_hub import FakeHub
+from testkit.fakes.hf_hub import FakeHub
 from weights.download import STAGING_DIR, WeightsDownloadError, ensure_weights
 from weights.layout import ALL_FOLDERS, FLUX_DEV, FLUX_SCHNELL, NSFW_CLASSIFIER, SAFETY_CHECKER, WeightsFolder
 

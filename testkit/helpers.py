@@ -31,3 +31,10 @@ def generate(service, **fields) -> list[Output]:
 def solid_image(path: Path, size: tuple[int, int], color=(200, 40, 40)) -> Path:
     Image.new("RGB", size, color).save(path)
     return path
+
+
+def png_bytes(size: tuple[int, int] = (64, 48)) -> bytes:
+    """A small solid PNG, as an upload or URL body."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (10, 200, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()

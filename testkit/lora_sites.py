@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests import lora_fixtures
-from tests.fakes.hf_hub import FakeHub
-from tests.fakes.lora_servers import FakeCivitai, FakeReplicate, FakeServer
+from testkit import lora_fixtures
+from testkit.fakes.hf_hub import FakeHub
+from testkit.fakes.lora_servers import FakeCivitai, FakeReplicate, FakeServer
 
 
 def tiny_lora_shapes(weights_dir: Path) -> tuple[dict, dict]:
