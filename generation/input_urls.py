@@ -20,7 +20,7 @@ function coglet looks up by name (on every prediction) to coerce those inputs:
 
 A refusal raises a `LoraError` (a ValueError); coglet fails that prediction with "Input validation error:
 <our message>" and the worker stays ready for the next one. LORA_ALLOW_PRIVATE_URLS=1 lets image URLs
-reach private addresses too (tests, local mirrors). This module never imports cog (DESIGN.md: only
+reach private addresses too (tests, local mirrors). This module never imports cog (docs/DESIGN.md, "Architecture": only
 predict.py does); predict.py hands it `cog.types`.
 
 Strings that are not URLs never reach `validate`: coglet passes them to predict() as plain `str`, which

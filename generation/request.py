@@ -1,6 +1,6 @@
 """What a prediction asks for, and the plan it resolves to (mode, size, seed, steps, precision).
 
-All input rules of DESIGN.md that do not need a model live here, so they are testable without one.
+All input rules of docs/DESIGN.md ("Behaviour rules") that need no model live here, testable without one.
 """
 
 from __future__ import annotations

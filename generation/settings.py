@@ -1,4 +1,4 @@
-"""Process-wide configuration from the environment (the names are part of the contract, DESIGN.md)."""
+"""Process-wide configuration from the environment (the names are the contract: docs/DESIGN.md, "Configuration")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The input rules of DESIGN.md that need no model: sizes, rounding, seeds, validation."""
+"""The input rules of docs/DESIGN.md ("Behaviour rules") that need no model: sizes, rounding, seeds, validation."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ SEEDS = DATA / "seeds"
 SHARED = REPO_ROOT.parent / "shared"
 COMMITTED_SCHEMA = REPO_ROOT / ".cog" / "openapi_schema.json"
 
-# Seeds 000-002 are trained-LoRA model pages, 003-004 hotswap pages (see DESIGN.md).
+# Seeds 000-002 are trained-LoRA model pages, 003-004 hotswap pages (see docs/DESIGN.md, "Schemas").
 PREDICTOR_OF_SEED = {"000": "TrainedPredictor", "001": "TrainedPredictor", "002": "TrainedPredictor"}
 PREDICTOR_OF_SEED |= {"003": "Predictor", "004": "Predictor"}
 SEED_FILES = sorted(SEEDS.glob("*.txt"))
