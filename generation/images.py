@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import UserInputError
@@ -19,6 +21,12 @@ MAX_INPUT_BYTES = 100 * 1024 * 1024
 # its limit at ours, our message wins and PIL's error (at twice ours) remains a backstop.
 Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, MAX_INPUT_PIXELS)
 MASK_ASPECT_TOLERANCE = 0.01  # a mask may be resized to the image, never stretched to another shape
+# Modes whose values go past 255, which Pillow's convert("RGB") would clip (see to_rgb).
+WIDE_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
+# Pillow's decoders parse untrusted bytes with a dozen formats' parsers, and a malformed header surfaces as
+# whatever that parser hit (a PPM header as ValueError, a bad TIFF tag type as TypeError or KeyError, a short
+# file as EOFError or struct.error). For a file the user sent, each of them means "not a readable image".
+DECODER_ERRORS = (OSError, ValueError, TypeError, KeyError, IndexError, EOFError, SyntaxError, struct.error)
 
 
 def load_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
@@ -29,16 +37,41 @@ def load_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
     try:
         with Image.open(path) as opened:
             _check_pixels(opened, what)  # before decoding: open() reads only the header
-            return ImageOps.exif_transpose(opened).convert("RGB")
+            return to_rgb(ImageOps.exif_transpose(opened))
+    except UserInputError:
+        raise
     except Image.DecompressionBombError as error:
         raise UserInputError(
             f"The {what} decodes to too many pixels; the limit is {MAX_INPUT_PIXELS / 1e6:.0f} MP. Send a smaller "
             "image: it is scaled to fit 1440x1440 anyway."
         ) from error
-    except (UnidentifiedImageError, OSError) as error:
+    except (UnidentifiedImageError, *DECODER_ERRORS) as error:
         raise UserInputError(
             f"The {what} could not be read as an image ({error.__class__.__name__}). Send a PNG, JPEG or WebP file."
         ) from error
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB with the image's real tones. Pillow's own convert("RGB") clips wider modes at 255, so a 16-bit
+    grey PNG (I;16, 0..65535) would come out white and a float image (F, usually 0..1) black: those are scaled
+    to 0..255 first. Palette, alpha, CMYK and 1-bit images convert as Pillow does (alpha dropped)."""
+    if image.mode in WIDE_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        values = values * (255.0 / _full_scale(image.mode, values))
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")
+
+
+def _full_scale(mode: str, values: np.ndarray) -> float:
+    """The value that means white: 65535 for 16-bit modes; for I (32-bit) and F, read from the data, since
+    files store 8-bit, 16-bit or 0..1 ranges in them."""
+    if mode.startswith("I;16"):
+        return 65535.0
+    peak = float(values.max()) if values.size else 0.0
+    for full in (1.0, 255.0, 65535.0):
+        if peak <= full:
+            return full
+    return peak
 
 
 def _check_pixels(image: Image.Image, what: str) -> None:

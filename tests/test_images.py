@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import struct
+
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -80,3 +84,59 @@ def test_an_image_over_pils_own_limit_gets_our_message(tmp_path):
     Image.new("1", (20_000, 12_000)).save(tmp_path / "huge.png")
     with pytest.raises(UserInputError, match=r"is 20000x12000 \(240 MP\); the limit is 200 MP"):
         images.load_image(tmp_path / "huge.png")
+
+
+def _pa_image() -> Image.Image:
+    palette = Image.new("P", (8, 8), 0)
+    palette.putpalette([102, 102, 102] * 256)
+    return palette.convert("PA")  # no format writes PA; Pillow makes it from palette PNGs with alpha
+
+
+# Every mode users send, stored the way files carry it, at 40% grey (102 of 255) or white for 1-bit images.
+MODES = {
+    "I;16 (16-bit grey PNG)": (lambda: Image.fromarray(np.full((8, 8), 26214, np.uint16)), "png", 102),
+    "I (32-bit TIFF, 16-bit values)": (lambda: Image.new("I", (8, 8), 26214), "tiff", 102),
+    "I (32-bit TIFF, 8-bit values)": (lambda: Image.new("I", (8, 8), 102), "tiff", 102),
+    "F (float TIFF, 0..1)": (lambda: Image.new("F", (8, 8), 0.4), "tiff", 102),
+    "LA": (lambda: Image.new("LA", (8, 8), (102, 255)), "png", 102),
+    "PA": (_pa_image, None, 102),
+    "CMYK (JPEG)": (lambda: Image.new("CMYK", (8, 8), (0, 0, 0, 153)), "jpeg", 102),
+    "1 (1-bit PNG)": (lambda: Image.new("1", (8, 8), 1), "png", 255),
+}
+
+
+@pytest.mark.parametrize("name", MODES)
+def test_every_mode_converts_with_its_real_tones(tmp_path, name):
+    make, file_format, grey = MODES[name]
+    image = make()
+    if file_format is None:
+        converted = images.to_rgb(image)
+    else:
+        path = tmp_path / f"in.{file_format}"
+        image.save(path, format=file_format.upper())
+        converted = images.load_image(path)
+    assert converted.mode == "RGB"
+    assert abs(np.asarray(converted, dtype=float).mean() - grey) <= 1, name
+
+
+def _tiff_with_image_length_as_double() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (8, 8), 100).save(buffer, format="TIFF")
+    data = bytearray(buffer.getvalue())
+    ifd = struct.unpack("<I", data[4:8])[0]
+    for index in range(struct.unpack("<H", data[ifd : ifd + 2])[0]):
+        entry = ifd + 2 + 12 * index
+        if struct.unpack("<H", data[entry : entry + 2])[0] == 257:  # ImageLength
+            data[entry + 2 : entry + 4] = struct.pack("<H", 12)  # type DOUBLE: a height is an integer
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"P6\n8 x8\n255\n" + bytes(192), _tiff_with_image_length_as_double(), b"GIF89a\x08\x00", b"\x89PNG\r\n\x1a\n"],
+    ids=["malformed PPM header", "TIFF ImageLength of type DOUBLE", "truncated GIF", "PNG signature only"],
+)
+def test_malformed_files_are_one_clear_error(tmp_path, content):
+    (tmp_path / "bad").write_bytes(content)
+    with pytest.raises(UserInputError, match=r"^The image could not be read as an image \(\w+\)\. Send a PNG"):
+        images.load_image(tmp_path / "bad")
