@@ -8,6 +8,7 @@ transformer is seen by all three modes of that model.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,11 @@ from PIL import Image
 
 from .request import GenerationPlan, Mode
 
+logger = logging.getLogger(__name__)
+
+# T5 reads at most 512 tokens and no token spans more than a few dozen characters, so nothing past this many
+# characters can reach an encoder; cutting here first spares tokenizing a megabyte-long prompt in full.
+PROMPT_CHARACTERS_READ = 65_536
 PIPELINE_CLASSES = {"txt2img": FluxPipeline, "img2img": FluxImg2ImgPipeline, "inpaint": FluxInpaintPipeline}
 
 
@@ -75,8 +81,12 @@ class FluxModels:
 
     @torch.inference_mode()
     def encode_prompt(self, model: str, prompt: str, max_sequence_length: int) -> PromptEmbeddings:
-        """Encode once per prediction; every output reuses it."""
-        prompt_embeds, pooled, _ = self.pipeline(model, "txt2img").encode_prompt(
+        """Encode once per prediction; every output reuses it. A prompt longer than the encoders read is cut
+        by them as in the reference; the log says so once, in our words (see `log_truncation`)."""
+        pipe = self.pipeline(model, "txt2img")
+        log_truncation(pipe, prompt[:PROMPT_CHARACTERS_READ], max_sequence_length, len(prompt))
+        prompt = prompt[:PROMPT_CHARACTERS_READ]
+        prompt_embeds, pooled, _ = pipe.encode_prompt(
             prompt=prompt, prompt_2=None, device=self.device, max_sequence_length=max_sequence_length
         )
         return PromptEmbeddings(prompt_embeds, pooled)
@@ -110,3 +120,34 @@ class FluxModels:
         if plan.mode == "inpaint":
             kwargs.update(mask_image=mask)
         return self.pipeline(plan.model, plan.mode)(**kwargs).images[0]
+
+
+def log_truncation(pipe: FluxPipeline, prompt: str, max_sequence_length: int, characters: int) -> None:
+    """One line when the prompt is longer than CLIP (77 tokens) or T5 (`max_sequence_length`) reads. diffusers
+    would warn instead, echoing the whole cut-off text (megabytes for a huge prompt); that warning is dropped."""
+    clip = len(pipe.tokenizer(prompt, verbose=False).input_ids)
+    t5 = len(pipe.tokenizer_2(prompt, verbose=False).input_ids)
+    clip_limit, t5_limit = pipe.tokenizer.model_max_length, max_sequence_length
+    if clip <= clip_limit and t5 <= t5_limit:
+        return
+    at_least = "at least " if characters > len(prompt) else ""
+    logger.info(
+        "The prompt (%d characters) is %s%d tokens for CLIP and %s%d for T5; they read its first %d and %d "
+        "tokens, the rest is ignored",
+        characters,
+        at_least,
+        clip,
+        at_least,
+        t5,
+        clip_limit,
+        t5_limit,
+    )
+
+
+class _NoTruncationEcho(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("The following part of your input was truncated")
+
+
+for _name in ("pipeline_flux", "pipeline_flux_img2img", "pipeline_flux_inpaint"):
+    logging.getLogger(f"diffusers.pipelines.flux.{_name}").addFilter(_NoTruncationEcho())
