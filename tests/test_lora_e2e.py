@@ -94,7 +94,10 @@ def test_main_and_extra_together_and_swapped_match_a_fresh_server(server, tiny_e
     for request, image in zip(sequence, warm, strict=True):
         fresh_server.start()
         try:
-            assert np.array_equal(pixels(predict(fresh_server, **request)), image), request
+            # Within rounding, not bit for bit: a warm server may hold the two adapters in the other order, and
+            # peft sums their outputs in that order. A LoRA left behind or a wrong scale moves far more pixels.
+            difference = np.abs(pixels(predict(fresh_server, **request)) - image)
+            assert difference.max() <= 2 and difference.mean() < 0.05, (request, difference.max(), difference.mean())
         finally:
             fresh_server.stop()
 
