@@ -6,21 +6,25 @@ It brings the models to exactly the state the request asks for:
 - Each LoRA file is one peft adapter, named after the file's key (`adapter_name`), so the same file always
   gets the same name, whichever slot (main or extra) it comes in. A file already attached to the requested
   model is only re-scaled, never read again; a file the request does not use is deleted. So at most two
-  adapters exist in the whole process, and none on the model the request does not use (dev and schnell share
-  the CLIP text encoder, so a LoRA's CLIP layers leave with it).
-- Strengths are LINEAR: adapter weights go through `set_adapters` only (never `joint_attention_kwargs`, which
-  multiplies with them), and the converted files carry their alpha folded in, so a LoRA at scale s changes each
-  weight by exactly s·ΔW, scale 0 gives the base model's output bit for bit, and `multiplier` (1.5 for go_fast)
-  multiplies both scales. CLIP layers get the same weight as the transformer layers of their LoRA.
+  adapters exist in the whole process, and none on the model the request does not use.
+- A file is applied whole or refused whole (`lora_loader.formats`): its transformer layers go onto the
+  transformer through diffusers, its CLIP-L and T5-XXL layers (and CLIP embedding LoRAs) onto the text encoders
+  through `lora_loader.text_encoders`, and bias changes with them. The text encoders are shared by dev and
+  schnell, so a LoRA's text-encoder layers leave with it.
+- Strengths are LINEAR: adapter weights are set per model (never `joint_attention_kwargs`, which multiplies with
+  them), and the converted files carry their alpha folded in, so a LoRA at scale s changes each weight (and
+  bias) by exactly s·ΔW, scale 0 gives the base model's output bit for bit, and `multiplier` multiplies both
+  scales. Text-encoder layers get the same weight as the transformer layers of their LoRA.
 - The same file as main and extra applies once, at the main scale, with a warning: summing the two would
   silently double a LoRA the user most likely named twice by mistake, and lora_scale is the scale the user
   set for "the" LoRA.
 - Nothing is ever fused: fuse/unfuse drifts the bf16 base weights a little more on every cycle.
-- A file that attaches to no transformer layer is a LoraError naming its format, never a silent no-op; a load
-  that fails part-way leaves no trace of the new adapter, so the next request starts from a clean model.
+- A file that attaches to no transformer layer is a LoraError naming its format, never a silent no-op; every
+  check runs before anything is attached, and a load that fails part-way leaves no trace of the new adapter, so
+  the next request starts from a clean model.
 
-If the LoRA has CLIP layers, the prompt must be encoded after `apply` (the service encodes per prediction,
-after applying LoRAs). One prediction runs at a time (Cog), so there is no locking.
+If the LoRA has text-encoder layers, the prompt must be encoded after `apply` (the service encodes per
+prediction, after applying LoRAs). One prediction runs at a time (Cog), so there is no locking.
 
 A compiled transformer must not gain or lose adapters (that recompiles): `lora_loader.hotswap`'s
 `HotswapAdapterManager` serves those, with the same `apply` and the same rules, by swapping LoRAs into fixed
@@ -32,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -41,21 +44,12 @@ import torch
 from diffusers import FluxPipeline
 from peft.tuners.lora import LoraLayer
 
+from . import text_encoders
 from .errors import LoraError, prefixed
-from .formats import load_lora_state_dict
+from .formats import ConvertedLora, load_lora_state_dict
+from .targets import TEXT_ENCODERS, TRANSFORMER, LoraTargets
 
 logger = logging.getLogger(__name__)
-
-
-class _NoTextEncoderNotice(logging.Filter):
-    """diffusers warns on every load of a LoRA without CLIP layers (most FLUX LoRAs) that it found none; this
-    manager counts the layers each adapter attached to and says so itself, so the warning is only noise."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("No LoRA keys associated to CLIPTextModel")
-
-
-logging.getLogger("diffusers.loaders.lora_base").addFilter(_NoTextEncoderNotice())
 
 MODELS = ("dev", "schnell")
 
@@ -89,7 +83,7 @@ class ResidentLora:
     label: str
     format: str
     layers: int  # transformer layers carrying it
-    text_encoder_layers: int
+    text_encoder_layers: int  # CLIP-L and T5-XXL layers carrying it
 
 
 def adapter_name(key: str) -> str:
@@ -130,14 +124,14 @@ class AdapterManager:
             self._unload_everything()
 
     def _remove(self, lora: ResidentLora) -> None:
-        self._pipeline(lora.model).delete_adapters([lora.adapter])  # its transformer and the shared CLIP
+        detach(self._pipeline(lora.model), lora.adapter)  # its transformer and the shared text encoders
         del self._resident[lora.adapter]
         logger.info("Removed LoRA %s", lora.label)
 
     def _unload_everything(self) -> None:
         """With no adapter left, take out peft's (empty) wrapper layers too: the modules are as loaded."""
         for model in MODELS:
-            self._pipeline(model).unload_lora_weights()
+            unload(self._pipeline(model))
 
     # Attaching
 
@@ -147,51 +141,32 @@ class AdapterManager:
             logger.info("LoRA %s already loaded; scale %g", spec.label, scale)
             return
         start = time.perf_counter()
-        lora = self._attach(model, spec, name)
+        lora, converted = self._attach(model, spec, name)
         self._resident[name] = lora
-        text_encoder = f" + {lora.text_encoder_layers} text-encoder layers" if lora.text_encoder_layers else ""
         logger.info(
-            "Loaded LoRA %s (%s, %d layers%s) in %.2f s",
+            "Loaded LoRA %s (%s, %s) in %.2f s",
             lora.label,
             lora.format,
-            lora.layers,
-            text_encoder,
+            converted.describe(),
             time.perf_counter() - start,
         )
 
-    def _attach(self, model: str, spec: LoraSpec, name: str) -> ResidentLora:
+    def _attach(self, model: str, spec: LoraSpec, name: str) -> tuple[ResidentLora, ConvertedLora]:
         """Read, convert, check and attach one file; on any failure remove whatever part of it got attached."""
         pipe = self._pipeline(model)
         try:
             with prefixed(f"LoRA {spec.label}"):
-                converted = load_lora_state_dict(spec.path, pipe.transformer.config)
-                _check_shapes(converted.state_dict, pipe, converted.format)
-                layers = self._load(pipe, converted, name, model)
+                converted = load_lora_state_dict(spec.path, LoraTargets.of_pipeline(pipe))
+                layers, text_layers = attach(pipe, converted, name)
+                self.loads += 1
         except BaseException:
             self._discard(pipe, name)
             raise
-        return ResidentLora(name, model, spec.label, converted.format, layers, _count_layers(pipe.text_encoder, name))
-
-    def _load(self, pipe: FluxPipeline, converted, name: str, model: str) -> int:
-        """Attach a converted state dict as adapter `name`; returns how many transformer layers carry it."""
-        try:
-            # low_cpu_mem_usage: build the LoRA layers empty and fill them from the file, skipping a random init
-            # of every layer that the file overwrites anyway.
-            pipe.load_lora_weights(converted.state_dict, adapter_name=name, low_cpu_mem_usage=True)
-        except (ValueError, RuntimeError, KeyError, NotImplementedError) as error:
-            raise LoraError(f"diffusers could not attach this {converted.format} LoRA: {error}") from error
-        self.loads += 1
-        layers = _count_layers(pipe.transformer, name)
-        if layers == 0:
-            raise LoraError(
-                f"This {converted.format} LoRA attached to no layer of FLUX.1 [{model}]; use a LoRA trained for FLUX.1."
-            )
-        return layers
+        return ResidentLora(name, model, spec.label, converted.format, layers, text_layers), converted
 
     def _discard(self, pipe: FluxPipeline, name: str) -> None:
-        """Remove every trace of a half-loaded adapter (diffusers cleans the component that failed, not the rest)."""
-        if any(name in adapters for adapters in pipe.get_list_adapters().values()):
-            pipe.delete_adapters([name])
+        """Remove every trace of a half-loaded adapter, on every component it may have reached."""
+        detach(pipe, name)
         if not self._resident:
             self._unload_everything()
 
@@ -201,8 +176,8 @@ class AdapterManager:
         if not wanted:
             return
         weights = [spec.scale * multiplier for spec in wanted]
-        # Also sets the CLIP weights (the same list) and makes these the only active adapters.
-        self._pipeline(model).set_adapters([adapter_name(spec.key) for spec in wanted], weights)
+        names = [adapter_name(spec.key) for spec in wanted]
+        set_weights(self._pipeline(model), dict(zip(names, weights, strict=True)))
         applied = ", ".join(f"{spec.label} {weight:g}" for spec, weight in zip(wanted, weights, strict=True))
         note = f" (LoRA scales x{multiplier:g} for go_fast)" if multiplier != 1.0 else ""
         logger.info("LoRA scales: %s%s", applied, note)
@@ -224,42 +199,65 @@ def _dedupe(main: LoraSpec | None, extra: LoraSpec | None) -> list[LoraSpec]:
     return [spec for spec in (main, extra) if spec is not None]
 
 
-def _count_layers(module: torch.nn.Module, adapter: str) -> int:
-    return sum(1 for _ in _layers_with(module, adapter))
+# One pipeline's adapters, on all its components at once (the manager's building blocks; tests use them too).
 
 
-def _layers_with(module: torch.nn.Module, adapter: str) -> Iterator[str]:
-    for name, child in module.named_modules():
-        if isinstance(child, LoraLayer) and adapter in child.lora_A:
-            yield name
-
-
-def _check_shapes(state_dict: dict[str, torch.Tensor], pipe: FluxPipeline, fmt: str) -> None:
-    """Every LoRA layer must fit its layer exactly. diffusers would zero-pad a too-narrow lora_A (meant for
-    Control LoRAs) and load the result without a word, so a LoRA made for another model would run as noise."""
-    for key, down in state_dict.items():
-        if not key.endswith((".lora_A.weight", ".lora_linear_layer.down.weight")):
-            continue
-        up = state_dict[key.replace(".lora_A.", ".lora_B.").replace(".down.weight", ".up.weight")]
-        module = key.removesuffix(".lora_A.weight").removesuffix(".lora_linear_layer.down.weight")
-        layer = _live_linear(pipe, module)
-        if layer is None:
-            raise LoraError(f"This {fmt} LoRA has a layer {module} that this FLUX.1 model does not have.")
-        if (up.shape[0], down.shape[1]) != (layer.out_features, layer.in_features):
-            raise LoraError(
-                f"LoRA layer {module} maps {down.shape[1]} -> {up.shape[0]} features, but this FLUX.1 model's "
-                f"maps {layer.in_features} -> {layer.out_features}: the LoRA was made for another model."
-            )
-
-
-def _live_linear(pipe: FluxPipeline, module: str) -> torch.nn.Linear | None:
-    component, _, name = module.partition(".")
-    root = getattr(pipe, component)
-    if component == "text_encoder" and not hasattr(root, "text_model"):
-        name = name.removeprefix("text_model.")  # transformers 5 flattened CLIPTextModel
+def attach(pipe: FluxPipeline, converted: ConvertedLora, adapter: str) -> tuple[int, int]:
+    """Attach every part of a converted LoRA as `adapter`: returns (transformer layers, text-encoder layers).
+    On failure a part may be attached: the caller detaches."""
     try:
-        layer = root.get_submodule(name)
-    except AttributeError:
-        return None
-    layer = layer.get_base_layer() if isinstance(layer, LoraLayer) else layer
-    return layer if isinstance(layer, torch.nn.Linear) else None
+        # low_cpu_mem_usage: build the LoRA layers empty and fill them from the file, skipping a random init of
+        # every layer that the file overwrites anyway.
+        pipe.transformer.load_lora_adapter(
+            _like(converted.part(TRANSFORMER), pipe.transformer), adapter_name=adapter, prefix=None,
+            low_cpu_mem_usage=True,
+        )  # fmt: skip
+        text_layers = 0
+        for component, encoder in _text_encoders(pipe).items():
+            if converted.layers(component):
+                text_layers += text_encoders.attach(encoder, converted.part(component), adapter)
+    except (ValueError, RuntimeError, KeyError, NotImplementedError) as error:
+        # Every check ran before this, so a library refused what it should take: say so in plain words, and keep
+        # the library's own words for the log.
+        logger.warning("Attaching LoRA adapter %s failed: %r", adapter, error)
+        raise LoraError(
+            f"This {converted.format} LoRA passed every check but could not be attached; the server log has the "
+            "details."
+        ) from error
+    layers = sum(1 for module in pipe.transformer.modules() if isinstance(module, LoraLayer) and adapter in module.r)
+    if layers == 0:
+        raise LoraError(f"This {converted.format} LoRA attached to no layer of FLUX.1; use a LoRA trained for FLUX.1.")
+    return layers, text_layers
+
+
+def detach(pipe: FluxPipeline, adapter: str) -> None:
+    """`adapter` off the transformer and both text encoders (each a no-op where it is absent)."""
+    if adapter in (getattr(pipe.transformer, "peft_config", None) or {}):
+        pipe.transformer.delete_adapters([adapter])
+    for encoder in _text_encoders(pipe).values():
+        text_encoders.delete(encoder, adapter)
+
+
+def unload(pipe: FluxPipeline) -> None:
+    """No adapter left: take out peft's (empty) wrapper layers too, so the modules are as loaded."""
+    pipe.transformer.unload_lora()
+    for encoder in _text_encoders(pipe).values():
+        text_encoders.unload(encoder)
+
+
+def set_weights(pipe: FluxPipeline, weights: dict[str, float]) -> None:
+    """Exactly these adapters active, each at its weight, on the transformer and the text encoders."""
+    pipe.transformer.set_adapters(list(weights), list(weights.values()))
+    for encoder in _text_encoders(pipe).values():
+        text_encoders.set_weights(encoder, weights)
+
+
+def _text_encoders(pipe: FluxPipeline) -> dict[str, torch.nn.Module]:
+    return {name: getattr(pipe, name) for name in TEXT_ENCODERS if getattr(pipe, name, None) is not None}
+
+
+def _like(state_dict: dict[str, torch.Tensor], module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors in the module's dtype and device: the LoRA layers take them as they are (low_cpu_mem_usage),
+    and float32 LoRA layers on a bf16 model would run their matmuls in float32."""
+    parameter = next(module.parameters())
+    return {key: value.to(device=parameter.device, dtype=parameter.dtype) for key, value in state_dict.items()}

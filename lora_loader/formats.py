@@ -1,51 +1,64 @@
-"""Read a LoRA file and return the state dict diffusers loads onto FLUX.1, whatever trainer wrote it.
+"""Read a LoRA file, whichever trainer wrote it, and convert ALL of it for one FLUX pipeline, or refuse it whole.
 
-Every state dict this module returns has one layout: `transformer.<diffusers layer>.lora_A.weight` and
-`.lora_B.weight`, and for CLIP layers `text_encoder.text_model.<layer>.lora_linear_layer.down/up.weight`
-(diffusers' own text-encoder layout). Each layer's alpha is already folded into lora_A, so the change to a
-layer's weight is exactly ΔW = lora_B @ lora_A, and the adapter weight given to `set_adapters` is the only
-strength knob left: that is what keeps LoRA scales linear.
+A file is a set of tensors named `<layer><suffix>`. The suffix says what a tensor is (see `ROLES`): the down and up
+matrices of a low-rank change (kohya `lora_down`/`lora_up`, PEFT `lora_A`/`lora_B`, XLabs `down`/`up`), its alpha,
+a bias change (ComfyUI `diff_b`, PEFT `lora_B.bias`), or PEFT's embedding factors. The layer part is resolved
+against the live pipeline (`targets.LoraTargets`), whichever vocabulary it is written in:
 
-| format (example key)                                                   | converter                                 |
-|------------------------------------------------------------------------|-------------------------------------------|
-| diffusers/PEFT, ai-toolkit (`transformer.….lora_A.weight`)             | none (alpha keys, header metadata folded) |
-| PEFT without the prefix (`transformer_blocks.0.….lora_A…`)             | ours: add `transformer.`                  |
-| PEFT with BFL names (`diffusion_model.double_blocks.0.….lora_A…`)      | ours (diffusers drops these silently)     |
-| kohya sd-scripts (`lora_unet_double_blocks_0_img_attn_qkv.lora_down…`) | diffusers', or ours where it is wrong     |
-| ComfyUI kohya (`diffusion_model.double_blocks.0.….lora_down…`)         | diffusers', or ours where it is wrong     |
-| kohya mixture (`lora_transformer_transformer_blocks_0_…`)              | ours (diffusers': attention + alpha only) |
-| XLabs (`double_blocks.0.processor.qkv_lora1.down.weight`)              | diffusers' XLabs converter                |
+| format (example key)                                                        | trainers                             |
+|-----------------------------------------------------------------------------|--------------------------------------|
+| diffusers/PEFT `transformer.transformer_blocks.0.attn.to_q.lora_A.weight`   | ai-toolkit (Replicate), diffusers,   |
+|   (+ `text_encoder.` CLIP, `text_encoder_2.` T5 layers)                     | SimpleTuner, OneTrainer "diffusers"  |
+| PEFT without the prefix (`transformer_blocks.0.…`, `base_model.model.…`)    | raw PEFT saves, DiffSynth            |
+| BFL names, PEFT tensors (`diffusion_model.double_blocks.0.img_attn.qkv.lora_A…`) + | OneTrainer "ComfyUI"         |
+|   `text_encoders.clip_l.transformer.…`, `text_encoders.t5xxl.transformer.…` |                                      |
+| kohya (`lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`, `.alpha`) | sd-scripts, OneTrainer "kohya"       |
+|   + `lora_te1_` CLIP, `lora_te3_` (sd-scripts) or `lora_te2_` (OneTrainer) T5 |                                    |
+| ComfyUI (`diffusion_model.double_blocks.0.img_attn.qkv.lora_down…`, `.diff_b`) | ComfyUI's Train LoRA node         |
+| kohya mixture (`lora_transformer_transformer_blocks_0_attn_to_q.lora_down…`) | OneTrainer "legacy"                 |
+| LyCORIS names (`lycoris_transformer_blocks_0_attn_to_q.lora_down…`)         | SimpleTuner with LyCORIS `lora`      |
+| OMI (`transformer.double_blocks.0.img_attn.qkv.0.lora_down…`, `clip_l.`, `t5.`) | OneTrainer "OMI"                 |
+| XLabs (`double_blocks.0.processor.qkv_lora1.down.weight`)                   | XLabs x-flux                         |
 
-Where diffusers 0.42's kohya converter is wrong, and we convert instead:
-- single-block `linear1` (fused q, k, v, MLP): diffusers hard-codes FLUX.1's split sizes 3072/12288; ours
-  reads them from the transformer config, so models of other widths (the tiny test model) work;
-- non-block layers (`img_in`, `txt_in`, `time_in`, `vector_in`, `guidance_in`, `final_layer`): diffusers
-  emits them without the `transformer.` prefix, so they are silently dropped (and ignores final_layer alpha);
-- CLIP attention layers (`lora_te1_…_self_attn_q_proj`): diffusers emits old attention-processor names that
-  transformers 5 drops silently; we emit diffusers' current text-encoder names, which it loads.
-A kohya file whose transformer part contains none of these goes through diffusers' converter unchanged.
+What a converted LoRA is (`ConvertedLora.state_dict`): for each changed layer, keyed
+`<component>.<live layer name>.`, either `lora_A.weight` + `lora_B.weight` (+ `lora_B.bias`, the bias change, on
+every layer of a component once any layer of it has one) or, for a CLIP embedding, PEFT's `lora_embedding_A` +
+`lora_embedding_B`. Components: `transformer`, `text_encoder` (CLIP-L), `text_encoder_2` (T5-XXL). Each layer's
+alpha / rank is folded into lora_A, so its weight changes by exactly lora_B @ lora_A (and its bias by lora_B.bias)
+at adapter weight 1, and the adapter weight is the only strength knob left: that keeps LoRA scales linear.
 
-Files we refuse, with a message that says why: LyCORIS LoKr/LoHa, DoRA (its strength does not scale
-linearly, and diffusers drops kohya's `dora_scale` silently), FLUX Control LoRAs (they need a control image),
-full model checkpoints, LoRAs for other models (SD 1.x/SDXL, or keys that name no FLUX.1 layer).
+The rules:
+- Every tensor is applied or the file is refused, with one message naming what cannot be applied and why: a
+  layer this model lacks (a dev-only guidance layer on schnell, a layer of another model), an unknown tensor, a
+  full-weight difference, LyCORIS LoKr/LoHa, DoRA, a FLUX Control LoRA. Nothing is dropped with a warning.
+- Every tensor is checked first (`validate`): finite floats, matrices of matching rank, scalar alphas, bias
+  vectors, then shapes against the live layer they land on (a LoRA for a model of another width is refused).
+- A fused BFL layer's output rows split over its diffusers layers in BFL's order (q, k, v[, mlp]); the final
+  layer's modulation swaps halves. A block-diagonal up matrix (kohya's `split_qkv`, OneTrainer's fused layers)
+  gives each part only its own rank columns, so nothing is carried as zeros.
+- Two file layers landing on one diffusers layer (OMI's split pieces never do, but a file mixing vocabularies
+  might) add up, as every loader applies them: their ranks are concatenated.
+
+Our converter, not diffusers': diffusers' FLUX converters drop what they do not know silently (T5 layers, bias
+changes, BFL-named PEFT files), hard-code FLUX.1's widths, and emit CLIP names transformers 5 ignores. The tests
+check our conversion against diffusers' where diffusers' is right (kohya and XLabs at FLUX.1's size).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
 
 import torch
-from diffusers.loaders import FluxLoraLoaderMixin
-from peft.utils.other import get_pattern_key
 from safetensors import SafetensorError, safe_open
 
+from . import validate
 from .errors import LoraError
+from .metadata import AdapterMetadata, read_adapter_metadata
+from .targets import CLIP, COMPONENT_NAMES, T5, TRANSFORMER, BflTarget, LoraTargets
 
 logger = logging.getLogger(__name__)
 
@@ -56,169 +69,113 @@ BFL_PEFT = "PEFT with BFL layer names"
 KOHYA = "kohya sd-scripts"
 COMFYUI = "ComfyUI (kohya tensors, diffusion_model. names)"
 MIXTURE = "kohya mixture (lora_transformer_ names)"
+LYCORIS = "LyCORIS-named LoRA (lycoris_ names)"
+OMI = "OneTrainer OMI (transformer. with BFL names)"
 XLABS = "XLabs"
 
-MLP_RATIO = 4  # FluxSingleTransformerBlock's default, which FluxTransformer2DModel never overrides
-FLUX1_WIDTHS = (3072, 12288)  # inner and MLP width that diffusers' kohya converter assumes for linear1
+# Tensor roles, by key suffix. Longer suffixes first: ".lora_linear_layer.down.weight" also ends in ".down.weight".
+DOWN, UP, BIAS, ALPHA, EMBEDDING_A, EMBEDDING_B = "down", "up", "bias", "alpha", "embedding A", "embedding B"
+ROLES = sorted(
+    {
+        ".lora_down.weight": DOWN,
+        ".lora_up.weight": UP,
+        ".lora_A.weight": DOWN,
+        ".lora_B.weight": UP,
+        ".lora_B.bias": BIAS,
+        ".lora_linear_layer.down.weight": DOWN,  # diffusers' older text-encoder layout
+        ".lora_linear_layer.up.weight": UP,
+        ".lora.down.weight": DOWN,
+        ".lora.up.weight": UP,
+        ".down.weight": DOWN,  # XLabs' LoRALinearLayer
+        ".up.weight": UP,
+        ".lora_embedding_A": EMBEDDING_A,  # PEFT's embedding LoRA: A is rank × tokens, B width × rank
+        ".lora_embedding_B": EMBEDDING_B,
+        ".alpha": ALPHA,
+        ".diff_b": BIAS,  # ComfyUI: added to the bias, times the strength
+    }.items(),
+    key=lambda item: -len(item[0]),
+)
+PEFT_ROLES = (".lora_A.weight", ".lora_B.weight", ".lora_B.bias", ".lora_embedding_A", ".lora_embedding_B")
 
-# BFL layer -> diffusers layers inside the same block; a fused layer is split by rows in this order.
-DOUBLE_BLOCK_LAYERS = {
-    "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
-    "img_attn.proj": ("attn.to_out.0",),
-    "img_mlp.0": ("ff.net.0.proj",),
-    "img_mlp.2": ("ff.net.2",),
-    "img_mod.lin": ("norm1.linear",),
-    "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
-    "txt_attn.proj": ("attn.to_add_out",),
-    "txt_mlp.0": ("ff_context.net.0.proj",),
-    "txt_mlp.2": ("ff_context.net.2",),
-    "txt_mod.lin": ("norm1_context.linear",),
-}
-SINGLE_BLOCK_LAYERS = {
-    "linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),
-    "linear2": ("proj_out",),
-    "modulation.lin": ("norm.linear",),
-}
-TOP_LEVEL_LAYERS = {
-    "img_in": "x_embedder",
-    "txt_in": "context_embedder",
-    "time_in.in_layer": "time_text_embed.timestep_embedder.linear_1",
-    "time_in.out_layer": "time_text_embed.timestep_embedder.linear_2",
-    "vector_in.in_layer": "time_text_embed.text_embedder.linear_1",
-    "vector_in.out_layer": "time_text_embed.text_embedder.linear_2",
-    "guidance_in.in_layer": "time_text_embed.guidance_embedder.linear_1",
-    "guidance_in.out_layer": "time_text_embed.guidance_embedder.linear_2",
-    "final_layer.linear": "proj_out",
-    "final_layer.adaLN_modulation.1": "norm_out.linear",  # BFL outputs (shift, scale), diffusers (scale, shift)
-}
+# Tensors no FLUX LoRA path can carry, by what they are: (key test, what it is, why it cannot be applied).
+NOT_APPLICABLE = (
+    (lambda key: key.endswith(".diff"), "full-weight differences (.diff)", "only low-rank and bias changes apply"),
+    (lambda key: key.startswith("bundle_emb."), "bundled textual-inversion embeddings (bundle_emb.)",
+     "they need new tokens in the tokenizers"),
+    (lambda key: ".lora_mid." in key, "LoCon Tucker factors (lora_mid)", "FLUX has no convolution layers"),
+    (lambda key: key.endswith(".scalar"), "LyCORIS scalars (.scalar)", "re-save the LoRA without use_scalar"),
+    (lambda key: ".oft_" in key or key.endswith(".oft_blocks"), "OFT/BOFT blocks", "they are not LoRA"),
+)  # fmt: skip
 
-# Prefixes that put BFL layer names in a file: kohya, ComfyUI, raw PEFT.
-BFL_PREFIXES = ("lora_unet_", "model.diffusion_model.", "diffusion_model.", "base_model.model.")
-# Key fragments of UNet LoRAs (SD 1.x/2.x, SDXL), in diffusers and in original naming.
+# Prefixes that mark UNet LoRAs (SD 1.x/2.x, SDXL), in diffusers and in original naming.
 UNET_MARKERS = ("down_blocks", "up_blocks", "mid_block", "input_blocks", "output_blocks", "middle_block")
-# kohya writes BFL names with underscores for dots: lora_unet_double_blocks_0_img_attn_qkv.
-FLAT_BLOCK_LAYER = re.compile(r"^(double_blocks|single_blocks)_(\d+)_(\w+)$")
-FLAT_BLOCK_LAYERS = {
-    "double_blocks": {layer.replace(".", "_"): layer for layer in DOUBLE_BLOCK_LAYERS},
-    "single_blocks": {layer.replace(".", "_"): layer for layer in SINGLE_BLOCK_LAYERS},
-}
-FLAT_TOP_LEVEL_LAYERS = {layer.replace(".", "_"): layer for layer in TOP_LEVEL_LAYERS}
-CLIP_LAYER = re.compile(r"^lora_te1?_text_model_encoder_layers_(\d+)_(self_attn_(?:q|k|v|out)_proj|mlp_fc[12])$")
 
 
-class ConvertedLora(NamedTuple):
-    """A LoRA in diffusers' layout, ready for `load_lora_weights`, and the format it was read as."""
+@dataclass(frozen=True)
+class ConvertedLora:
+    """A LoRA in the layout of the module docstring, and the format it was read as."""
 
     state_dict: dict[str, torch.Tensor]
     format: str
 
+    def part(self, component: str) -> dict[str, torch.Tensor]:
+        """The tensors of one component, keyed relative to it (`<layer>.lora_A.weight`)."""
+        prefix = component + "."
+        return {key.removeprefix(prefix): value for key, value in self.state_dict.items() if key.startswith(prefix)}
 
-@dataclass(frozen=True)
-class FluxLayout:
-    """The Linear layers a LoRA can attach to, and the split sizes of BFL's fused layers, from the config."""
+    def layers(self, component: str) -> list[str]:
+        """The layers of `component` this LoRA changes."""
+        return sorted({_layer_of(key) for key in self.part(component)})
 
-    inner_dim: int
-    mlp_dim: int
-    num_layers: int
-    num_single_layers: int
-    guidance_embeds: bool
+    def has_bias(self, component: str) -> bool:
+        return any(key.endswith(".lora_B.bias") for key in self.part(component))
 
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> FluxLayout:
-        inner_dim = config["num_attention_heads"] * config["attention_head_dim"]
-        return cls(
-            inner_dim=inner_dim,
-            mlp_dim=inner_dim * MLP_RATIO,
-            num_layers=config["num_layers"],
-            num_single_layers=config["num_single_layers"],
-            guidance_embeds=bool(config["guidance_embeds"]),
-        )
+    def embeddings(self, component: str) -> list[str]:
+        return sorted(_layer_of(key) for key in self.part(component) if key.endswith(".lora_embedding_A"))
 
-    def linear_layers(self) -> frozenset[str]:
-        """Every Linear layer of FluxTransformer2DModel, by diffusers name."""
-        return frozenset(name for target in self.bfl_layers().values() for name in target.names)
-
-    def bfl_layers(self) -> dict[str, BflTarget]:
-        """BFL layer name -> the diffusers layer(s) it becomes."""
-        inner, mlp = self.inner_dim, self.mlp_dim
-        row_splits = {"img_attn.qkv": (inner,) * 3, "txt_attn.qkv": (inner,) * 3, "linear1": (inner,) * 3 + (mlp,)}
-        layers = {}
-        for block in range(self.num_layers):
-            for bfl, names in DOUBLE_BLOCK_LAYERS.items():
-                full = tuple(f"transformer_blocks.{block}.{name}" for name in names)
-                layers[f"double_blocks.{block}.{bfl}"] = BflTarget(full, row_splits.get(bfl))
-        for block in range(self.num_single_layers):
-            for bfl, names in SINGLE_BLOCK_LAYERS.items():
-                full = tuple(f"single_transformer_blocks.{block}.{name}" for name in names)
-                layers[f"single_blocks.{block}.{bfl}"] = BflTarget(full, row_splits.get(bfl))
-        for bfl, name in TOP_LEVEL_LAYERS.items():
-            if bfl.startswith("guidance_in") and not self.guidance_embeds:
-                continue  # schnell has no guidance embedder
-            layers[bfl] = BflTarget((name,), swap_halves=bfl.startswith("final_layer.adaLN"))
-        return layers
+    def describe(self) -> str:
+        """What it changes, for log lines: "494 transformer layers + 72 CLIP-L layers (+ bias changes)"."""
+        parts = []
+        for component in (TRANSFORMER, CLIP, T5):
+            count = len(self.layers(component))
+            if count:
+                parts.append(f"{count} {SHORT_NAMES[component]} layers")
+        bias = " with bias changes" if any(self.has_bias(c) for c in (TRANSFORMER, CLIP, T5)) else ""
+        return " + ".join(parts) + bias
 
 
-@dataclass(frozen=True)
-class BflTarget:
-    names: tuple[str, ...]
-    row_splits: tuple[int, ...] | None = None  # how a fused layer's output rows split over `names`
-    swap_halves: bool = False  # the two halves of the output rows come in the other order in diffusers
+SHORT_NAMES = {TRANSFORMER: "transformer", CLIP: "CLIP-L", T5: "T5-XXL"}
 
 
-@dataclass(frozen=True)
-class LoraPair:
-    """One layer's LoRA: ΔW = (alpha / rank) * up @ down."""
-
-    down: torch.Tensor
-    up: torch.Tensor
-    alpha: float | None = None
-
-    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(lora_A, lora_B) with alpha / rank folded into lora_A (in float32, so fp16 files lose nothing)."""
-        rank = self.down.shape[0]
-        if self.alpha is None or self.alpha == rank:
-            return self.down, self.up
-        return self.down.float() * (self.alpha / rank), self.up
-
-
-def load_lora_state_dict(path: str | Path, transformer_config: Mapping[str, Any]) -> ConvertedLora:
-    """Read a .safetensors LoRA (never a pickle) and convert it for the transformer with this config."""
+def load_lora_state_dict(path: str | Path, targets: LoraTargets) -> ConvertedLora:
+    """Read a .safetensors LoRA (never a pickle) and convert it for the pipeline `targets` describes."""
     try:
         with safe_open(str(path), framework="pt") as file:
             metadata = file.metadata() or {}
             tensors = {key: file.get_tensor(key) for key in file.keys()}
     except SafetensorError as error:
-        raise LoraError(f"This LoRA is not a readable .safetensors file: {error}") from error
-    return convert_lora_state_dict(tensors, transformer_config, metadata)
+        raise LoraError(f"This LoRA is not a readable .safetensors file (the reader says: {error}).") from error
+    return convert_lora_state_dict(tensors, targets, metadata)
 
 
 def convert_lora_state_dict(
-    tensors: dict[str, torch.Tensor], transformer_config: Mapping[str, Any], metadata: Mapping[str, str] | None = None
+    tensors: Mapping[str, torch.Tensor], targets: LoraTargets, metadata: Mapping[str, str] | None = None
 ) -> ConvertedLora:
-    """Detect the format of `tensors` and convert them to diffusers' layout (see the module docstring)."""
-    layout = FluxLayout.from_config(transformer_config)
-    fmt = detect_format(tensors.keys())
-    state_dict = CONVERTERS[fmt](tensors, layout, _adapter_metadata(metadata or {}))
-    return ConvertedLora(_keep_flux_layers(state_dict, layout, fmt, tensors.keys()), fmt)
+    """Convert every tensor of a file for `targets`, or raise a LoraError saying what cannot be applied."""
+    keys = sorted(tensors)
+    _refuse_other_kinds(keys)
+    validate.check_tensor_values(dict(tensors), integers_allowed=lambda key: key.endswith(".alpha"))
+    groups = _groups(tensors)
+    resolved = _resolve_all(groups, targets)
+    fmt = _format_of(resolved)
+    updates = _updates(resolved, read_adapter_metadata(metadata or {}), targets)
+    return ConvertedLora(_state_dict(updates, targets), fmt)
 
 
-# Detection
+# Whole-file refusals: files that are not plain LoRAs at all.
 
 
-def detect_format(keys: Iterable[str]) -> str:
-    """The format name of a file with these keys; LoraError for files we cannot or will not apply."""
-    keys = sorted(keys)
-    _reject_unsupported(keys)
-    if any(key.endswith(".lora_down.weight") for key in keys):
-        return _detect_kohya(keys)
-    if any(".processor." in key and "_lora" in key for key in keys):
-        return XLABS
-    if any(key.endswith(".lora_A.weight") for key in keys):
-        return _detect_peft(keys)
-    raise LoraError(f"This file is not a LoRA format this server knows (keys like {_sample(keys)}).")
-
-
-def _reject_unsupported(keys: list[str]) -> None:
+def _refuse_other_kinds(keys: list[str]) -> None:
     if not keys:
         raise LoraError("This LoRA file contains no tensors.")
     if any(".lokr_" in key or key.startswith("lokr_") for key in keys):
@@ -230,12 +187,20 @@ def _reject_unsupported(keys: list[str]) -> None:
             f"This file is a DoRA (keys like {_sample(k for k in keys if 'dora' in k or 'magnitude' in k)}), "
             "which is not supported: its strength does not scale linearly with lora_scale. Use a plain LoRA."
         )
-    if any("query_norm.scale" in key for key in keys):
+    if any("query_norm.scale" in key or "norm_q.weight" in key for key in keys):
         raise LoraError("This is a FLUX Control LoRA (Canny/Depth); it needs a control image, which this model lacks.")
-    if not any("lora" in key.lower() for key in keys):
+    if not any("lora" in key.lower() or key.endswith(".diff_b") for key in keys):
         raise LoraError(
             f"This file has no LoRA tensors: its {len(keys)} tensors (keys like {_sample(keys)}) look like a full "
             "model checkpoint. Pass a LoRA .safetensors file instead."
+        )
+    unet = [key for key in keys if key.startswith("unet.") or any(marker in key for marker in UNET_MARKERS)]
+    unet += [key for key in keys if key.startswith("lora_te2_text_model_")]  # SDXL's second CLIP
+    if unet:
+        style = "kohya" if any(key.endswith(".lora_down.weight") for key in unet) else "diffusers"
+        raise LoraError(
+            f"This file looks like an SD 1.x/SDXL {style} LoRA (keys like {_sample(unet)}); "
+            "it attaches to no FLUX layer. Use a LoRA trained for FLUX.1."
         )
 
 
@@ -247,290 +212,388 @@ def _lycoris_message(kind: str, keys: list[str]) -> str:
     )
 
 
-def _detect_kohya(keys: list[str]) -> str:
-    modules = [key for key in keys if not key.startswith(("lora_te", "text_encoders."))]
-    if not modules:
-        raise LoraError(
-            f"This kohya LoRA only changes the text encoder (keys like {_sample(keys)}); "
-            "it attaches to no FLUX transformer layer."
-        )
-    if any(key.startswith("lora_transformer_") for key in modules):
-        return MIXTURE
-    _reject_unet(modules, "kohya")
-    if any(key.startswith("lora_unet_") for key in modules):
-        return KOHYA
-    if any(key.startswith(("diffusion_model.", "model.diffusion_model.")) for key in modules):
-        return COMFYUI
-    raise LoraError(f"This kohya-style LoRA names no FLUX layer this server knows (keys like {_sample(modules)}).")
+# Grouping: file layer -> its tensors by role.
 
 
-def _detect_peft(keys: list[str]) -> str:
-    names = [key.removeprefix("base_model.model.") for key in keys]
-    _reject_unet(names, "diffusers")
-    if any(name.startswith("transformer.") for name in keys):
-        return DIFFUSERS
-    if any(_strip_bfl_prefix(name).startswith(("double_blocks.", "single_blocks.")) for name in names):
-        return BFL_PEFT
-    return PEFT_WITHOUT_PREFIX
+@dataclass
+class _Group:
+    """One layer of the file: its tensors by role, each as (key, tensor)."""
+
+    module: str
+    tensors: dict[str, tuple[str, torch.Tensor]] = field(default_factory=dict)
+
+    def key(self, role: str) -> str:
+        return self.tensors[role][0]
+
+    def get(self, role: str) -> torch.Tensor | None:
+        entry = self.tensors.get(role)
+        return None if entry is None else entry[1]
+
+    @property
+    def peft_named(self) -> bool:
+        return any(key.endswith(PEFT_ROLES) for key, _ in self.tensors.values())
 
 
-def _reject_unet(keys: list[str], style: str) -> None:
-    unet_keys = [key for key in keys if key.startswith("unet.") or any(m in key for m in UNET_MARKERS)]
-    if unet_keys:
-        raise LoraError(
-            f"This file looks like an SD 1.x/SDXL {style} LoRA (keys like {_sample(unet_keys)}); "
-            "it attaches to no FLUX layer. Use a LoRA trained for FLUX.1."
-        )
+def _groups(tensors: Mapping[str, torch.Tensor]) -> list[_Group]:
+    groups: dict[str, _Group] = {}
+    unknown = []
+    for key in sorted(tensors):
+        role = _role(key)
+        if role is None:
+            unknown.append(key)
+            continue
+        suffix, role = role
+        group = groups.setdefault(key.removesuffix(suffix), _Group(key.removesuffix(suffix)))
+        if role in group.tensors:
+            raise LoraError(
+                f"Tensors {group.key(role)} and {key} are both the {role} weights of layer {group.module}: "
+                "the file mixes two LoRAs or was written wrongly."
+            )
+        group.tensors[role] = (key, tensors[key])
+    if unknown and not groups:
+        raise LoraError(f"This file is not a LoRA format this server knows (keys like {_sample(unknown)}).")
+    if unknown:
+        raise LoraError(_not_applicable_message(unknown))
+    for group in groups.values():
+        _check_complete(group)
+    return list(groups.values())
 
 
-# Converters: (tensors, layout, adapter metadata) -> diffusers state dict
+def _role(key: str) -> tuple[str, str] | None:
+    for suffix, role in ROLES:
+        if key.endswith(suffix) and len(key) > len(suffix):
+            return suffix, role
+    return None
 
 
-def _convert_diffusers(tensors, layout, metadata) -> dict[str, torch.Tensor]:
-    pairs = _pairs(tensors, ".lora_A.weight", ".lora_B.weight")
-    return _peft_state_dict({module: _with_metadata_alpha(module, pair, metadata) for module, pair in pairs.items()})
+def _check_complete(group: _Group) -> None:
+    for first, second in ((DOWN, UP), (EMBEDDING_A, EMBEDDING_B)):
+        present = [role for role in (first, second) if role in group.tensors]
+        if len(present) == 1:
+            missing = second if present[0] == first else first
+            raise LoraError(
+                f"This LoRA file is incomplete: it has {group.key(present[0])} but no {missing} weights for "
+                f"layer {group.module}."
+            )
+    if ALPHA in group.tensors and not ({DOWN, EMBEDDING_A} & set(group.tensors)):
+        raise LoraError(f"This LoRA file is incomplete: it has {group.key(ALPHA)} but no weights for that layer.")
 
 
-def _convert_peft_without_prefix(tensors, layout, metadata) -> dict[str, torch.Tensor]:
-    pairs = _pairs(tensors, ".lora_A.weight", ".lora_B.weight")
-    return _peft_state_dict(
-        {"transformer." + module.removeprefix("base_model.model."): p for module, p in pairs.items()}
+def _not_applicable_message(keys: list[str]) -> str:
+    """One message for every tensor no path can carry, grouped by what it is."""
+    reasons: dict[tuple[str, str], list[str]] = {}
+    for key in keys:
+        for test, what, why in NOT_APPLICABLE:
+            if test(key):
+                reasons.setdefault((what, why), []).append(key)
+                break
+        else:
+            reasons.setdefault(("tensors that are not LoRA weights", "their names end in no LoRA suffix"), []).append(
+                key
+            )
+    parts = [f"{len(found)} {what} (like {_sample(found)}): {why}" for (what, why), found in reasons.items()]
+    return (
+        f"This LoRA file has {len(keys)} tensor(s) this server cannot apply, so none of it is applied: "
+        + "; ".join(parts)
+        + "."
     )
 
 
-def _convert_bfl_peft(tensors, layout, metadata) -> dict[str, torch.Tensor]:
-    return _bfl_state_dict(_pairs(tensors, ".lora_A.weight", ".lora_B.weight"), layout)
+# Resolving: file layer -> the live layers it lands on.
 
 
-def _convert_kohya(tensors, layout, metadata) -> dict[str, torch.Tensor]:
-    """Text-encoder parts are always ours; the transformer part is diffusers' unless it gets it wrong."""
-    text_encoder = {k: v for k, v in tensors.items() if k.startswith(("lora_te", "text_encoders."))}
-    transformer = {k: v for k, v in tensors.items() if k not in text_encoder}
-    converted = _clip_state_dict(_pairs(text_encoder, ".lora_down.weight", ".lora_up.weight"))
-    pairs = _pairs(transformer, ".lora_down.weight", ".lora_up.weight")
-    if not _diffusers_converts_kohya(pairs, layout):
-        return converted | _bfl_state_dict(pairs, layout)
-    # Upcast first: diffusers folds alpha in the tensors' own dtype, which costs fp16 files precision.
-    return converted | _diffusers_state_dict({k: v.float() for k, v in transformer.items()})
+@dataclass(frozen=True)
+class _Resolved:
+    group: _Group
+    component: str
+    label: str | None  # the format this layer's name is written in (transformer layers only)
+    target: BflTarget | None  # None: it names no layer of this model
 
 
-def _convert_mixture(tensors, layout, metadata) -> dict[str, torch.Tensor]:
-    """`lora_transformer_<diffusers name, dots as underscores>`, resolved against FLUX's layer names."""
-    pairs = _pairs(tensors, ".lora_down.weight", ".lora_up.weight")
-    by_flat_name = {name.replace(".", "_"): name for name in layout.linear_layers()}
-    transformer, clip = {}, {}
-    for module, pair in pairs.items():
-        if module.startswith("lora_te"):
-            clip[module] = pair
-        else:  # a name that is no FLUX layer stays as it is; _keep_flux_layers reports it
-            flat = module.removeprefix("lora_transformer_")
-            transformer["transformer." + by_flat_name.get(flat, flat)] = pair
-    return _peft_state_dict(transformer) | _clip_state_dict(clip)
+class _Names:
+    """Every vocabulary a file can name a layer in, resolved against one pipeline's live layers."""
+
+    def __init__(self, targets: LoraTargets):
+        self.targets = targets
+        self.transformer = targets.names(TRANSFORMER)
+        self.flat_transformer = {name.replace(".", "_"): name for name in self.transformer}
+        self.bfl = targets.bfl_names
+        self.flat_bfl = {name.replace(".", "_"): target for name, target in self.bfl.items()}
+        self.clip = {_with_text_model(name): name for name in targets.names(CLIP)}
+        self.flat_clip = {name.replace(".", "_"): live for name, live in self.clip.items()}
+        self.flat_t5 = {name.replace(".", "_"): name for name in targets.names(T5)}
+        # (prefix, component, resolver, format label); the first prefix that matches decides.
+        self.namespaces = [
+            ("text_encoders.clip_l.transformer.", CLIP, self._clip, None),
+            ("text_encoders.t5xxl.transformer.", T5, self._t5, None),
+            ("model.diffusion_model.", TRANSFORMER, self._bfl, BFL_PEFT),
+            ("diffusion_model.", TRANSFORMER, self._bfl, BFL_PEFT),
+            ("base_model.model.", TRANSFORMER, self._diffusers, PEFT_WITHOUT_PREFIX),
+            ("lora_transformer_", TRANSFORMER, self._flat_diffusers, MIXTURE),
+            ("lycoris_", TRANSFORMER, self._flat_diffusers, LYCORIS),
+            ("lora_unet_", TRANSFORMER, self._flat_bfl, KOHYA),
+            ("text_encoder_2.", T5, self._t5, None),
+            ("text_encoder.", CLIP, self._clip, None),
+            ("transformer.", TRANSFORMER, self._diffusers_or_omi, DIFFUSERS),
+            ("lora_te1_", CLIP, self._flat_clip, None),
+            ("lora_te2_", T5, self._flat_t5, None),  # OneTrainer's kohya names (SDXL's second CLIP is refused above)
+            ("lora_te3_", T5, self._flat_t5, None),  # sd-scripts
+            ("lora_te_", CLIP, self._flat_clip, None),
+            ("clip_l.", CLIP, self._clip, None),  # OMI
+            ("t5.", T5, self._t5, None),  # OMI
+            ("", TRANSFORMER, self._bare, PEFT_WITHOUT_PREFIX),
+        ]
+
+    def resolve(self, group: _Group) -> _Resolved:
+        for prefix, component, resolver, label in self.namespaces:
+            if group.module.startswith(prefix):
+                found = resolver(group.module.removeprefix(prefix))
+                if isinstance(found, tuple):  # (target, label) from resolvers that tell vocabularies apart
+                    found, label = found
+                if component == TRANSFORMER and label == BFL_PEFT and not group.peft_named:
+                    label = COMFYUI
+                return _Resolved(group, component, label, found)
+        raise AssertionError("the empty prefix matches every key")
+
+    def _diffusers(self, name: str) -> BflTarget | None:
+        return BflTarget((name,)) if name in self.transformer else None
+
+    def _flat_diffusers(self, name: str) -> BflTarget | None:
+        return self._diffusers(self.flat_transformer.get(name, ""))
+
+    def _bfl(self, name: str) -> BflTarget | None:
+        return self.bfl.get(name)
+
+    def _flat_bfl(self, name: str) -> BflTarget | None:
+        return self.flat_bfl.get(name)
+
+    def _diffusers_or_omi(self, name: str) -> tuple[BflTarget | None, str]:
+        if name in self.transformer or not self._bfl(name):
+            return self._diffusers(name), DIFFUSERS
+        return self._bfl(name), OMI
+
+    def _bare(self, name: str) -> tuple[BflTarget | None, str]:
+        if name in self.transformer:
+            return self._diffusers(name), PEFT_WITHOUT_PREFIX
+        label = XLABS if ".processor." in name else BFL_PEFT
+        return self._bfl(name), label
+
+    def _clip(self, name: str) -> BflTarget | None:
+        live = self.clip.get(_with_text_model(name))
+        return BflTarget((live,)) if live else None
+
+    def _flat_clip(self, name: str) -> BflTarget | None:
+        live = self.flat_clip.get(name if name.startswith("text_model_") else "text_model_" + name)
+        return BflTarget((live,)) if live else None
+
+    def _t5(self, name: str) -> BflTarget | None:
+        return BflTarget((name,)) if name in self.targets.names(T5) else None
+
+    def _flat_t5(self, name: str) -> BflTarget | None:
+        live = self.flat_t5.get(name)
+        return BflTarget((live,)) if live else None
 
 
-def _convert_xlabs(tensors, layout, metadata) -> dict[str, torch.Tensor]:
-    return _diffusers_state_dict(tensors)
+def _with_text_model(name: str) -> str:
+    """CLIP layer names with transformers 4's `text_model.` level, which transformers 5 dropped."""
+    return name if name.startswith("text_model.") else "text_model." + name
 
 
-CONVERTERS = {
-    DIFFUSERS: _convert_diffusers,
-    PEFT_WITHOUT_PREFIX: _convert_peft_without_prefix,
-    BFL_PEFT: _convert_bfl_peft,
-    KOHYA: _convert_kohya,
-    COMFYUI: _convert_kohya,
-    MIXTURE: _convert_mixture,
-    XLABS: _convert_xlabs,
-}
-
-
-def _diffusers_converts_kohya(modules: Iterable[str], layout: FluxLayout) -> bool:
-    """Whether diffusers' kohya converter gets every one of these layers right (see the module docstring)."""
-    names = [_bfl_name(module) for module in modules]
-    in_blocks = all(name.startswith(("double_blocks.", "single_blocks.")) for name in names)
-    has_linear1 = any(name.endswith(".linear1") for name in names)
-    return in_blocks and (not has_linear1 or (layout.inner_dim, layout.mlp_dim) == FLUX1_WIDTHS)
-
-
-def _diffusers_state_dict(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    try:
-        converted = FluxLoraLoaderMixin.lora_state_dict(dict(tensors))
-    except (ValueError, KeyError, AssertionError, NotImplementedError) as error:
-        raise LoraError(f"diffusers could not convert this LoRA (keys like {_sample(tensors)}): {error}") from error
-    return converted
-
-
-def _bfl_state_dict(pairs: dict[str, LoraPair], layout: FluxLayout) -> dict[str, torch.Tensor]:
-    """Our size-aware converter for BFL layer names (kohya, ComfyUI or PEFT tensors)."""
-    targets = layout.bfl_layers()
-    state_dict = {}
-    for module, pair in pairs.items():
-        name = _bfl_name(module)
-        target = targets.get(name)
-        if target is None:
-            state_dict |= _peft_state_dict({"transformer." + name: pair})  # reported by _keep_flux_layers
-            continue
-        state_dict |= _split_fused(name, pair, target)
-    return state_dict
-
-
-def _split_fused(name: str, pair: LoraPair, target: BflTarget) -> dict[str, torch.Tensor]:
-    """A fused layer's LoRA as one LoRA per diffusers layer: lora_A shared, lora_B split by output rows."""
-    down, up = pair.folded()
-    if target.swap_halves:
-        up = torch.cat(up.chunk(2)[::-1])
-    splits = target.row_splits or (up.shape[0],)
-    if sum(splits) != up.shape[0]:
+def _resolve_all(groups: list[_Group], targets: LoraTargets) -> list[_Resolved]:
+    names = _Names(targets)
+    resolved = [names.resolve(group) for group in groups]
+    if not any(item.component == TRANSFORMER for item in resolved):
         raise LoraError(
-            f"LoRA layer {name} has {up.shape[0]} output rows, but this FLUX model's {name} has {sum(splits)}: "
-            "the LoRA was made for a model of another size."
+            f"This LoRA only changes the text encoders (keys like {_sample(g.module for g in groups)}); "
+            "it attaches to no FLUX transformer layer."
         )
+    missing = [item for item in resolved if item.target is None]
+    if missing:
+        raise LoraError(_missing_message(missing, resolved, targets))
+    return resolved
+
+
+def _missing_message(missing: list[_Resolved], resolved: list[_Resolved], targets: LoraTargets) -> str:
+    fmt = _format_of(resolved)
+    sample = _sample(key for item in resolved for key, _ in item.group.tensors.values())
+    if len(missing) == len([item for item in resolved if item.component == TRANSFORMER]) and all(
+        item.component == TRANSFORMER for item in missing
+    ):
+        return (
+            f"This file looks like a {fmt} LoRA (keys like {sample}), but it attaches to no "
+            "layer of this FLUX.1 model. Use a LoRA trained for FLUX.1."
+        )
+    guidance = [item.group.module for item in missing if "guidance" in item.group.module]
+    if guidance and len(guidance) == len(missing) and not targets.has_guidance():
+        return (
+            f"This {fmt} LoRA changes {len(guidance)} guidance-embedder layer(s) ({_sample(guidance)}), which FLUX.1 "
+            "[schnell] does not have: it was trained on FLUX.1 [dev]. Use it with dev (go_fast/schnell cannot "
+            "apply it whole)."
+        )
+    by_component = Counter(COMPONENT_NAMES[item.component] for item in missing)
+    where = ", ".join(f"{count} for the {name}" for name, count in sorted(by_component.items()))
+    return (
+        f"This {fmt} LoRA has {len(missing)} layer(s) that name no layer of this FLUX.1 model ({where}; like "
+        f"{_sample(item.group.module for item in missing)}), so none of it is applied: it was made for another "
+        "model or a newer trainer version."
+    )
+
+
+def _format_of(resolved: list[_Resolved]) -> str:
+    labels = Counter(item.label for item in resolved if item.component == TRANSFORMER and item.label)
+    return labels.most_common(1)[0][0] if labels else DIFFUSERS
+
+
+# Updates: what each live layer receives.
+
+
+@dataclass
+class _Update:
+    """The change one live layer receives: ΔW = Σ up_i @ down_i (alpha folded into down_i), and a bias change."""
+
+    downs: list[torch.Tensor] = field(default_factory=list)
+    ups: list[torch.Tensor] = field(default_factory=list)
+    bias: torch.Tensor | None = None
+
+
+def _updates(
+    resolved: list[_Resolved], metadata: AdapterMetadata, targets: LoraTargets
+) -> dict[tuple[str, str], _Update]:
+    updates: dict[tuple[str, str], _Update] = {}
+    for item in resolved:
+        down, up, bias = _factors(item.group, metadata)
+        parts = item.target.names
+        rows = [_check_layer(item, name, down, up, bias, targets) for name in parts]
+        for role, tensor in ((UP, up), (BIAS, bias)):
+            if tensor is not None:
+                _check_rows(item, rows, role, tensor)
+        if item.target.swap_halves:
+            up = None if up is None else torch.cat(up.chunk(2)[::-1])
+            bias = None if bias is None else torch.cat(bias.chunk(2)[::-1])
+        for index, name in enumerate(parts):
+            start, stop = sum(rows[:index]), sum(rows[: index + 1])
+            update = updates.setdefault((item.component, name), _Update())
+            if up is not None:
+                part_down, part_up = _own_columns(down, up[start:stop])
+                update.downs.append(part_down)
+                update.ups.append(part_up)
+            if bias is not None:
+                part = bias[start:stop].float()
+                update.bias = part if update.bias is None else update.bias + part
+    return updates
+
+
+def _factors(
+    group: _Group, metadata: AdapterMetadata
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """(down with alpha / rank folded in, up, bias change) of one file layer; ΔW = up @ down."""
+    bias = group.get(BIAS)
+    if bias is not None:
+        bias = validate.vector(group.key(BIAS), bias)
+    if DOWN in group.tensors:
+        down = validate.matrix(group.key(DOWN), group.get(DOWN))
+        up = validate.matrix(group.key(UP), group.get(UP))
+        validate.check_ranks(group.key(DOWN), down, group.key(UP), up)
+    elif EMBEDDING_A in group.tensors:  # PEFT embedding: ΔW = (B @ A)ᵀ = Aᵀ @ Bᵀ
+        a = validate.matrix(group.key(EMBEDDING_A), group.get(EMBEDDING_A))
+        b = validate.matrix(group.key(EMBEDDING_B), group.get(EMBEDDING_B))
+        validate.check_ranks(group.key(EMBEDDING_A), a, group.key(EMBEDDING_B), b)
+        down, up = b.T, a.T
+    else:
+        return None, None, bias  # a bias change alone
+    rank = down.shape[0]
+    alpha = validate.alpha_value(group.key(ALPHA), group.get(ALPHA)) if ALPHA in group.tensors else None
+    if alpha is None:
+        alpha = metadata.alpha(group.module, rank)
+    if alpha is not None and alpha != rank:
+        down = down.float() * (alpha / rank)  # in float32, so fp16 and bf16 files lose nothing here
+    return down, up, bias
+
+
+def _check_layer(item: _Resolved, name: str, down, up, bias, targets: LoraTargets) -> int:
+    """The live layer's rows, after checking that this file layer fits it."""
+    layer = targets.layer(item.component, name)
+    embedding_roles = EMBEDDING_A in item.group.tensors
+    if embedding_roles and not layer.embedding:
+        raise LoraError(
+            f"Tensor {item.group.key(EMBEDDING_A)} is an embedding LoRA, but {name} of the "
+            f"{COMPONENT_NAMES[item.component]} is not an embedding."
+        )
+    if down is not None and down.shape[1] != layer.cols:
+        what = "embedding width" if layer.embedding else "input features"
+        raise LoraError(
+            f"Tensor {_down_key(item.group)} has {down.shape[1]} {what}, but this FLUX.1 model's {name} "
+            f"({COMPONENT_NAMES[item.component]}) has {layer.cols}: the LoRA was made for a model of another size."
+        )
+    if bias is not None and not layer.bias:
+        raise LoraError(
+            f"Tensor {item.group.key(BIAS)} changes the bias of {name} ({COMPONENT_NAMES[item.component]}), "
+            "which has no bias: the LoRA was made for another model."
+        )
+    return layer.rows
+
+
+def _check_rows(item: _Resolved, rows: list[int], role: str, tensor: torch.Tensor) -> None:
+    if tensor.shape[0] != sum(rows):
+        if role == UP and UP not in item.group.tensors:
+            role = EMBEDDING_A  # PEFT embedding factors: their A carries the rows
+        raise LoraError(
+            f"Tensor {item.group.key(role)} has {tensor.shape[0]} output rows, but this FLUX.1 model's "
+            f"{item.group.module} has {sum(rows)}: the LoRA was made for a model of another size."
+        )
+
+
+def _down_key(group: _Group) -> str:
+    return group.key(DOWN) if DOWN in group.tensors else group.key(EMBEDDING_B)
+
+
+def _own_columns(down: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The part of a fused layer's LoRA that one of its parts uses: a block-diagonal up matrix (kohya split_qkv,
+    OneTrainer) gives each part zero columns outside its own rank block, and dropping them changes nothing."""
+    used = up.ne(0).any(dim=0)
+    if bool(used.all()) or not bool(used.any()):
+        return down, up.contiguous()
+    return down[used].contiguous(), up[:, used].contiguous()
+
+
+def _state_dict(updates: dict[tuple[str, str], _Update], targets: LoraTargets) -> dict[str, torch.Tensor]:
+    with_bias = {component for (component, _), update in updates.items() if update.bias is not None}
     state_dict = {}
-    for diffusers_name, rows in zip(target.names, up.split(splits), strict=True):
-        state_dict[f"transformer.{diffusers_name}.lora_A.weight"] = down
-        state_dict[f"transformer.{diffusers_name}.lora_B.weight"] = rows.contiguous()
+    for (component, name), update in sorted(updates.items()):
+        layer = targets.layer(component, name)
+        down, up = _joined(update, layer.rows, layer.cols)
+        prefix = f"{component}.{name}"
+        if layer.embedding:
+            state_dict[f"{prefix}.lora_embedding_A"] = up.T.contiguous()
+            state_dict[f"{prefix}.lora_embedding_B"] = down.T.contiguous()
+            continue
+        state_dict[f"{prefix}.lora_A.weight"] = down
+        state_dict[f"{prefix}.lora_B.weight"] = up
+        if component in with_bias:  # peft's lora_bias is per adapter: every layer of it needs one
+            state_dict[f"{prefix}.lora_B.bias"] = update.bias if update.bias is not None else torch.zeros(layer.rows)
     return state_dict
 
 
-def _clip_state_dict(pairs: dict[str, LoraPair]) -> dict[str, torch.Tensor]:
-    """kohya/ComfyUI CLIP layers (`lora_te1_text_model_encoder_layers_0_self_attn_q_proj`) -> text_encoder keys."""
-    clip, skipped = {}, []
-    for module, pair in pairs.items():
-        flat = module.replace("text_encoders.clip_l.transformer.", "lora_te1_").replace(".", "_")
-        match = CLIP_LAYER.match(flat)
-        if match is None:
-            skipped.append(module)
-            continue
-        layer, sublayer = match.groups()
-        sublayer = sublayer.replace("self_attn_", "self_attn.").replace("mlp_", "mlp.")
-        clip[f"text_encoder.text_model.encoder.layers.{layer}.{sublayer}"] = pair
-    if skipped:
-        # T5 (lora_te2_) parts: diffusers' FLUX pipeline cannot attach LoRAs to T5 either.
-        logger.warning("Ignoring %d text-encoder LoRA layer(s) that are not CLIP layers: %s", len(skipped), skipped[:3])
-    return _peft_state_dict(clip)
+def _joined(update: _Update, rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One (down, up) pair for the layer; a layer with only a bias change gets a rank-1 zero pair."""
+    if not update.downs:
+        return torch.zeros(1, cols), torch.zeros(rows, 1)
+    if len(update.downs) == 1:
+        return update.downs[0], update.ups[0]
+    dtype = torch.promote_types(update.downs[0].dtype, torch.float32)
+    down = torch.cat([down.to(dtype) for down in update.downs])
+    up = torch.cat([up.to(dtype) for up in update.ups], dim=1)
+    return down, up
 
 
-def _peft_state_dict(pairs: dict[str, LoraPair]) -> dict[str, torch.Tensor]:
-    """Transformer layers as PEFT keys; CLIP layers in diffusers' text-encoder layout (`lora_linear_layer`),
-    because diffusers' CLIP loader only recognises PEFT keys when an attention layer is among them."""
-    state_dict = {}
-    for module, pair in pairs.items():
-        down, up = pair.folded()
-        if module.startswith("text_encoder."):
-            state_dict[f"{module}.lora_linear_layer.down.weight"] = down
-            state_dict[f"{module}.lora_linear_layer.up.weight"] = up
-        else:
-            state_dict[f"{module}.lora_A.weight"] = down
-            state_dict[f"{module}.lora_B.weight"] = up
-    return state_dict
-
-
-# Keys and alphas
-
-
-def _pairs(tensors: Mapping[str, torch.Tensor], down: str, up: str) -> dict[str, LoraPair]:
-    """Group `<module><down>`, `<module><up>` and `<module>.alpha` by module; other keys are logged and ignored."""
-    pairs, used = {}, set()
-    for key in tensors:
-        if not key.endswith(down):
-            continue
-        module = key.removesuffix(down)
-        if module + up not in tensors:
-            raise LoraError(f"This LoRA file is incomplete: it has {key} but no {module + up}.")
-        alpha = tensors.get(module + ".alpha")
-        pairs[module] = LoraPair(tensors[key], tensors[module + up], None if alpha is None else float(alpha))
-        used |= {key, module + up, module + ".alpha"}
-    ignored = [key for key in tensors if key not in used]
-    if ignored:
-        logger.warning("Ignoring %d tensor(s) that are not LoRA weights: %s", len(ignored), _sample(ignored))
-    return pairs
-
-
-def _module_of(key: str, suffixes: tuple[str, ...]) -> str:
-    for suffix in suffixes:
+def _layer_of(key: str) -> str:
+    for suffix in (".lora_A.weight", ".lora_B.weight", ".lora_B.bias", ".lora_embedding_A", ".lora_embedding_B"):
         if key.endswith(suffix):
             return key.removesuffix(suffix)
     return key
 
 
-def _strip_bfl_prefix(module: str) -> str:
-    for prefix in BFL_PREFIXES:
-        if module.startswith(prefix):
-            return module.removeprefix(prefix)
-    return module
-
-
-def _bfl_name(module: str) -> str:
-    """`lora_unet_double_blocks_0_img_attn_qkv` or `diffusion_model.double_blocks.0.img_attn.qkv` -> dotted BFL name."""
-    name = _strip_bfl_prefix(module)
-    if "." in name:
-        return name
-    match = FLAT_BLOCK_LAYER.match(name)
-    if match is None:
-        return FLAT_TOP_LEVEL_LAYERS.get(name, name)
-    kind, block, layer = match.groups()
-    return f"{kind}.{block}.{FLAT_BLOCK_LAYERS[kind].get(layer, layer)}"
-
-
-def _adapter_metadata(metadata: Mapping[str, str]) -> dict[str, Any]:
-    """The LoraConfig that diffusers (>= 0.34) stores in the file header, if any: it can carry lora_alpha."""
-    raw = metadata.get("lora_adapter_metadata")
-    if not raw:
-        return {}
-    try:
-        config = json.loads(raw)
-    except ValueError:
-        config = None
-    if not isinstance(config, dict):
-        raise LoraError(
-            "This file's header has a lora_adapter_metadata entry that is not a JSON object, so its alphas "
-            "cannot be read. Re-save the LoRA (diffusers' save_lora_weights writes it correctly)."
-        )
-    if any(key.endswith(".use_dora") and value for key, value in config.items()):
-        raise LoraError("This file is a DoRA (its header says use_dora), which is not supported. Use a plain LoRA.")
-    return config
-
-
-def _with_metadata_alpha(module: str, pair: LoraPair, metadata: dict[str, Any]) -> LoraPair:
-    """Give `pair` the alpha that diffusers' header metadata assigns to `module` (an `.alpha` key wins)."""
-    component, _, name = module.partition(".")
-    if pair.alpha is not None or f"{component}.lora_alpha" not in metadata:
-        return pair
-    alpha = metadata[f"{component}.lora_alpha"]
-    patterns = metadata.get(f"{component}.alpha_pattern") or {}
-    pattern = get_pattern_key(list(patterns), name)
-    alpha = patterns.get(pattern, alpha)
-    rank = pair.down.shape[0]
-    if metadata.get(f"{component}.use_rslora"):
-        alpha = alpha * rank**0.5  # rsLoRA scales by alpha / sqrt(rank); fold as an equivalent plain alpha
-    return LoraPair(pair.down, pair.up, float(alpha))
-
-
-def _keep_flux_layers(
-    state_dict: dict[str, torch.Tensor], layout: FluxLayout, fmt: str, original_keys: Iterable[str]
-) -> dict[str, torch.Tensor]:
-    """Drop (and log) layers this FLUX model does not have; LoraError when no transformer layer is left.
-
-    CLIP layers are checked against the live text encoder when the adapter is attached.
-    """
-    layers = layout.linear_layers()
-    kept, dropped = {}, set()
-    for key, tensor in state_dict.items():
-        module = _module_of(key, (".lora_A.weight", ".lora_B.weight"))
-        if key.startswith("text_encoder.") or module.removeprefix("transformer.") in layers:
-            kept[key] = tensor
-        else:
-            dropped.add(module)
-    if not any(key.startswith("transformer.") for key in kept):
-        raise LoraError(
-            f"This file looks like a {fmt} LoRA (keys like {_sample(original_keys)}), but it attaches to no "
-            "layer of this FLUX.1 model. Use a LoRA trained for FLUX.1."
-        )
-    if dropped:
-        logger.warning("Ignoring %d LoRA layer(s) this FLUX.1 model does not have: %s", len(dropped), _sample(dropped))
-    return kept
-
-
 def _sample(keys: Iterable[str], count: int = 3) -> str:
-    keys = sorted(keys)
+    keys = sorted(set(keys))
     shown = ", ".join(keys[:count])
     return shown + (", …" if len(keys) > count else "")

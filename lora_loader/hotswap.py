@@ -29,9 +29,11 @@ that config carries an `alpha_pattern` the slot's config lacks; diffusers then r
 slot, which would force a recompile. The converted files carry their alpha folded in, so the slot's own config
 (alpha = rank = max_rank, scale factor 1) is right for every file, and we pass it.
 
-What cannot be swapped in raises `NotHotswappable` before the model is touched, so the caller can run that
-request on the plain (uncompiled) path with `AdapterManager`: CLIP text-encoder layers (the slots live on the
-transformer only), a rank above `max_rank`, or a layer the slots do not cover. A swap that fails part-way
+The compiled path takes a file only if it can take ALL of it. What it cannot take raises `NotHotswappable`
+before the model is touched, saying what and why, so the caller runs that request on the plain (uncompiled) path
+with `AdapterManager`, which applies the whole file: text-encoder layers (CLIP-L, T5-XXL, CLIP embeddings: the
+slots live on the transformer only), bias changes (ComfyUI's `diff_b`: the slots have no bias), a rank above
+`max_rank`, or a layer the slots do not cover. A swap that fails part-way
 (never expected after those checks) resets that slot to zeros and all scales of the model to 0: the model
 then renders as the base model, never with half a LoRA.
 
@@ -57,7 +59,8 @@ from peft.utils.hotswap import hotswap_adapter_from_state_dict, prepare_model_fo
 
 from .adapters import MODELS, FluxPipelines, LoraSpec, ResidentLora, _dedupe
 from .errors import LoraError, prefixed
-from .formats import FluxLayout, load_lora_state_dict
+from .formats import SHORT_NAMES, ConvertedLora, load_lora_state_dict
+from .targets import TEXT_ENCODERS, TRANSFORMER, LoraTargets
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +134,7 @@ class HotswapAdapterManager:
         wanted = _dedupe(main, extra)
         placement = _place(prepared.slots, wanted)
         new = {name: spec for name, spec in placement.items() if prepared.slots[name].key != spec.key}
-        incoming = {name: (spec, self._read(prepared, spec)) for name, spec in new.items()}
+        incoming = {name: (spec, self._read(model, prepared, spec)) for name, spec in new.items()}
         for name, spec in placement.items():
             if name not in incoming:
                 logger.info("LoRA %s already in %s; scale %g", spec.label, name, spec.scale * multiplier)
@@ -156,11 +159,17 @@ class HotswapAdapterManager:
 
     # Reading and checking (nothing touched yet)
 
-    def _read(self, prepared: _Slots, spec: LoraSpec) -> _Converted:
-        """Read and convert the file, and check that every layer of it fits a slot."""
+    def _read(self, model: str, prepared: _Slots, spec: LoraSpec) -> _Converted:
+        """Read and convert the file, and check that every part of it fits a slot."""
+        pipe = self._pipeline(model)
+        targets = LoraTargets.of_modules(
+            transformer=prepared.transformer,
+            text_encoder=getattr(pipe, "text_encoder", None),
+            text_encoder_2=getattr(pipe, "text_encoder_2", None),
+        )
         with prefixed(f"LoRA {spec.label}"):
-            converted = load_lora_state_dict(spec.path, prepared.transformer.config)
-            pairs = _pairs(converted.state_dict)
+            converted = load_lora_state_dict(spec.path, targets)
+            pairs = _pairs(converted)
             for module, (down, up) in pairs.items():
                 _check_layer(prepared, module, down, up, converted.format)
         return _Converted(converted.format, pairs)
@@ -230,7 +239,7 @@ def _add_slots(transformer: torch.nn.Module, max_rank: int, dtype: torch.dtype) 
     """Both slots on every Linear layer, zero and active; scales as tensors (peft's compiled-hotswap preparation)."""
     if getattr(transformer, "peft_config", None):
         raise RuntimeError("prepare() needs a transformer without LoRA adapters")
-    modules = sorted(FluxLayout.from_config(transformer.config).linear_layers())
+    modules = LoraTargets.of_modules(transformer=transformer).linear_layers()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Already found a `peft_config` attribute")  # the second slot, on purpose
         for adapter in SLOTS:
@@ -293,22 +302,24 @@ def _place(slots: dict[str, _Slot], wanted: list[LoraSpec]) -> dict[str, LoraSpe
 # Checks
 
 
-def _pairs(state_dict: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Transformer module -> (lora_A, lora_B); NotHotswappable for anything the slots cannot hold."""
-    text_encoder = sorted({key.split(".lora_")[0] for key in state_dict if key.startswith("text_encoder.")})
-    if text_encoder:
+def _pairs(converted: ConvertedLora) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Transformer module -> (lora_A, lora_B); NotHotswappable for any part the slots cannot hold."""
+    text = {SHORT_NAMES[c]: len(converted.layers(c)) for c in TEXT_ENCODERS if converted.layers(c)}
+    if text:
+        counted = " and ".join(f"{count} {name} text-encoder layer(s)" for name, count in text.items())
         raise NotHotswappable(
-            f"It also changes {len(text_encoder)} CLIP text-encoder layer(s) (like {text_encoder[0]}); "
-            "the compiled model's LoRA slots are on the transformer only."
+            f"It also changes {counted}; the compiled model's LoRA slots are on the transformer only."
         )
-    other = sorted(key for key in state_dict if not (key.startswith("transformer.") and key.endswith((LORA_A, LORA_B))))
-    if other:
-        raise NotHotswappable(f"It has tensors the compiled model's LoRA slots cannot hold: {other[:3]}")
+    if converted.has_bias(TRANSFORMER):
+        raise NotHotswappable(
+            "It also changes biases (ComfyUI's diff_b); the compiled model's LoRA slots have no bias."
+        )
+    state_dict = converted.part(TRANSFORMER)
     pairs = {}
     for key in sorted(state_dict):
         if key.endswith(LORA_A):
-            module = key.removeprefix("transformer.").removesuffix(LORA_A)
-            pairs[module] = (state_dict[key], state_dict[key.removesuffix(LORA_A) + LORA_B])
+            module = key.removesuffix(LORA_A)
+            pairs[module] = (state_dict[key], state_dict[module + LORA_B])
     return pairs
 
 

@@ -1,12 +1,19 @@
-"""Check that a file is safetensors before any loader sees it, and say what arrived when it is not.
+"""Check that a file is a sound safetensors LoRA before anything uses it, and say what is wrong when it is not.
 
-A LoRA URL can answer with anything: an HTML login page, a JSON error, a pickle checkpoint (which runs
+Two stages. The first, `check_safetensors`, runs when a file arrives (download, tar member, local path). A LoRA
+URL can answer with anything: an HTML login page, a JSON error, a pickle checkpoint (which runs
 code when loaded), a tar, nothing at all. Loaders fail on those with cryptic errors or, for pickles,
 worse. So every file is checked here first, structurally (no tensor is read, nothing is deserialized
 but the JSON header): an 8-byte little-endian header length that fits the file, a JSON object whose
 entries have a dtype, a shape and data_offsets that tile the data section exactly (what the safetensors
 reader requires), then the safetensors library opens it as the final word. A failure names what the
 first bytes look like, so "got an HTML page" replaces "HeaderTooLarge".
+
+The second stage runs on the tensors when a LoRA is read for attaching (`lora_loader.formats` calls it), before
+anything is attached: every tensor is a finite floating-point number array (a NaN or Inf in one LoRA layer turns
+every image black, and the pipeline would report that as a success), and each LoRA tensor has the shape its role
+needs: `matrix` for lora_down/lora_up (a 2-D matrix, ranks matching), `alpha_value` for a scalar alpha,
+`vector` for a bias delta. Each failure is a LoraError that names the tensor and says what is wrong with it.
 """
 
 from __future__ import annotations
@@ -14,9 +21,11 @@ from __future__ import annotations
 import json
 import math
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError, safe_open
 
 from .errors import LoraError
@@ -174,3 +183,83 @@ def _snippet(data: bytes, limit: int = 40) -> str:
     text = data[: limit * 2].decode("utf-8", errors="replace")
     text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
     return text[:limit] + ("…" if len(text) > limit else "")
+
+
+# The tensors of a LoRA: what each role needs (lora_loader.formats names the roles).
+
+
+def check_tensor_values(tensors: dict[str, torch.Tensor], integers_allowed: Callable[[str], bool]) -> None:
+    """Every tensor holds finite floating-point numbers (integers where `integers_allowed(key)`: trainers save an
+    alpha that defaulted to the rank as an integer); LoraError naming the first that does not."""
+    for key in sorted(tensors):
+        tensor = tensors[key]
+        integer = not tensor.is_floating_point() and not tensor.is_complex() and tensor.dtype != torch.bool
+        if integer and integers_allowed(key):
+            continue
+        if not tensor.is_floating_point():
+            raise LoraError(
+                f"Tensor {key} holds {_dtype_name(tensor)} values, but LoRA weights are floating-point numbers: "
+                "the file is damaged or is not a LoRA."
+            )
+        if tensor.device.type == "meta":
+            continue  # shape-only tensors (the full-size format tests) carry no values to check
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            kind = "NaN" if bool(torch.isnan(tensor).any()) else "infinite"
+            raise LoraError(
+                f"Tensor {key} has {bad} {kind} value(s) of {tensor.numel()}: a LoRA with NaN or Inf weights turns "
+                "every image black. The training run diverged or the file is damaged; use an earlier save."
+            )
+
+
+def matrix(key: str, tensor: torch.Tensor) -> torch.Tensor:
+    """A lora_down/lora_up tensor as a 2-D matrix. Convolution-shaped saves of Linear layers ([rank, in, 1, 1])
+    are the same matrix."""
+    if tensor.dim() == 4 and tuple(tensor.shape[2:]) == (1, 1):
+        tensor = tensor.flatten(1)
+    if tensor.dim() != 2 or 0 in tensor.shape:
+        raise LoraError(
+            f"Tensor {key} has shape {list(tensor.shape)}, but a LoRA weight is a matrix (rank × features): "
+            "the file is damaged or was written wrongly."
+        )
+    return tensor
+
+
+def check_ranks(down_key: str, down: torch.Tensor, up_key: str, up: torch.Tensor) -> None:
+    """lora_down is rank × in, lora_up out × rank, with the same rank."""
+    if down.shape[0] != up.shape[1]:
+        raise LoraError(
+            f"Tensors {down_key} (rank {down.shape[0]}) and {up_key} (rank {up.shape[1]}) do not fit together: "
+            "a LoRA layer's down and up weights share one rank. The file is damaged or mixes two LoRAs."
+        )
+
+
+def alpha_value(key: str, tensor: torch.Tensor) -> float:
+    """A layer's alpha: one nonzero number."""
+    if tensor.numel() != 1:
+        raise LoraError(
+            f"Tensor {key} has {tensor.numel()} elements (shape {list(tensor.shape)}), but a LoRA alpha is a single "
+            "number: the file is damaged or was written wrongly."
+        )
+    alpha = float(tensor.reshape(()).float())
+    if alpha == 0:
+        raise LoraError(
+            f"Tensor {key} is 0: an alpha of 0 makes the layer change nothing in some loaders and means 'alpha = "
+            "rank' in others, so this file has no single meaning. Re-save it with its real alpha."
+        )
+    return alpha
+
+
+def vector(key: str, tensor: torch.Tensor) -> torch.Tensor:
+    """A bias delta: one number per output feature."""
+    if tensor.dim() != 1 or tensor.numel() == 0:
+        raise LoraError(
+            f"Tensor {key} has shape {list(tensor.shape)}, but a bias change is a vector (one value per output "
+            "feature): the file is damaged or was written wrongly."
+        )
+    return tensor
+
+
+def _dtype_name(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")

@@ -89,11 +89,12 @@ def linear_shapes(module: torch.nn.Module) -> dict[str, tuple[int, int]]:
 
 
 def attached_deltas(pipe, adapter: str) -> dict[str, torch.Tensor]:
-    """ΔW of every layer carrying `adapter`, by "component.layer" (CLIP names without `text_model.`)."""
+    """ΔW of every layer carrying `adapter` (Linear or embedding), by "component.layer" (CLIP names without
+    `text_model.`), on the transformer, CLIP and T5."""
     deltas = {}
-    for component in ("transformer", "text_encoder"):
+    for component in ("transformer", "text_encoder", "text_encoder_2"):
         for name, module in getattr(pipe, component).named_modules():
-            if isinstance(module, LoraLayer) and adapter in module.lora_A:
+            if isinstance(module, LoraLayer) and (adapter in module.lora_A or adapter in module.lora_embedding_A):
                 deltas[f"{component}.{name.removeprefix('text_model.')}"] = module.get_delta_weight(adapter).detach()
     return deltas
 
@@ -228,7 +229,7 @@ def kohya_all_layers(w: LoraWriter) -> str:
 
 
 def kohya_text_encoder(w: LoraWriter) -> str:
-    """sd-scripts with CLIP layers (`lora_te1_`), plus a T5 layer (`lora_te2_`) that is ignored."""
+    """sd-scripts with CLIP layers (`lora_te1_`), plus a T5 layer in OneTrainer's kohya naming (`lora_te2_`)."""
     kohya(w)
     for layer, name in enumerate(CLIP_LAYERS):
         flat = f"lora_te1_text_model_encoder_layers_{layer % 2}_{name.replace('.', '_')}"
@@ -236,7 +237,9 @@ def kohya_text_encoder(w: LoraWriter) -> str:
         w.layer(f"{flat}.lora_down.weight", f"{flat}.lora_up.weight", (target,), alpha=2.0, alpha_key=f"{flat}.alpha",
                 shapes=w.text_encoder, component="text_encoder")  # fmt: skip
     t5 = "lora_te2_encoder_block_0_layer_0_SelfAttention_q"
-    w.tensors[f"{t5}.lora_down.weight"], w.tensors[f"{t5}.lora_up.weight"] = w.factors(32, 32)
+    target = "encoder.block.0.layer.0.SelfAttention.q"  # the tiny T5: d_model 32, 4 heads × d_kv 8
+    w.layer(f"{t5}.lora_down.weight", f"{t5}.lora_up.weight", (target,), alpha=8.0, alpha_key=f"{t5}.alpha",
+            shapes={target: (32, 32)}, component="text_encoder_2")  # fmt: skip
     return formats.KOHYA
 
 

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import FluxPipeline
 
 from generation.pipelines import FluxModels
+from lora_loader import adapters, text_encoders
 from lora_loader.adapters import AdapterManager, LoraSpec, adapter_name
 from lora_loader.errors import LoraError
 from lora_loader.formats import load_lora_state_dict
+from lora_loader.targets import LoraTargets
 from testkit import lora_fixtures
 from weights.layout import FLUX_DEV, FLUX_SCHNELL
 
@@ -36,7 +37,7 @@ def load_models(weights: Path) -> FluxModels:
 
 @pytest.fixture(scope="module")
 def loras(tiny_weights, tmp_path_factory) -> dict[str, Path]:
-    """A: kohya with CLIP layers (diffusers' converter + ours); B: diffusers/PEFT with alphas; BAD: no FLUX layer."""
+    """A: kohya with CLIP and T5 layers; B: diffusers/PEFT with alphas; BAD: no FLUX layer."""
     folder = tmp_path_factory.mktemp("loras")
     models = load_models(tiny_weights)
     pipe = models.pipeline("dev", "txt2img")
@@ -64,23 +65,23 @@ def spec(loras: dict[str, Path], name: str, scale: float = 1.0) -> LoraSpec:
 
 
 def fresh_render(weights: Path, model: str, loras: list[tuple[Path, float]]) -> torch.Tensor:
-    """What freshly loaded models render with only these LoRAs, attached with plain diffusers calls."""
+    """What freshly loaded models render with only these LoRAs, attached without the manager."""
     models = load_models(weights)
     pipe = models.pipeline(model, "txt2img")
     for index, (path, _) in enumerate(loras):
-        converted = load_lora_state_dict(path, pipe.transformer.config)
-        pipe.load_lora_weights(converted.state_dict, adapter_name=f"fresh{index}")
+        adapters.attach(pipe, load_lora_state_dict(path, LoraTargets.of_pipeline(pipe)), f"fresh{index}")
     if loras:
-        pipe.set_adapters([f"fresh{i}" for i in range(len(loras))], [scale for _, scale in loras])
+        adapters.set_weights(pipe, {f"fresh{i}": scale for i, (_, scale) in enumerate(loras)})
     return render(models, model)
 
 
 def adapters_in_process(models: FluxModels) -> set[str]:
-    """Every adapter name on either transformer or the shared CLIP text encoder."""
+    """Every adapter name on either transformer or the shared text encoders (CLIP, T5)."""
     names = set()
     for model in ("dev", "schnell"):
-        for adapters in models.pipeline(model, "txt2img").get_list_adapters().values():
-            names |= set(adapters)
+        pipe = models.pipeline(model, "txt2img")
+        for module in (pipe.transformer, pipe.text_encoder, pipe.text_encoder_2):
+            names |= text_encoders.adapters(module)  # peft_config's names, whichever the model
     return names
 
 
@@ -120,6 +121,7 @@ def test_scale_is_linear_and_multiplier_applies_to_both(models, manager, loras):
     manager.apply("dev", spec(loras, "A"), spec(loras, "B"))
     unit_a, unit_b = deltas(models, "dev", "key-A"), deltas(models, "dev", "key-B")
     assert any(layer.startswith("text_encoder.") for layer in unit_a)  # CLIP layers scale with the rest
+    assert any(layer.startswith("text_encoder_2.") for layer in unit_a)  # and T5 layers
 
     manager.apply("dev", spec(loras, "A", 0.37), spec(loras, "B", -2.0))
     assert_scaled(deltas(models, "dev", "key-A"), unit_a, 0.37)
@@ -182,16 +184,18 @@ def test_file_with_no_flux_layer_fails_clearly_and_leaves_the_model_clean(models
 
 @pytest.mark.filterwarnings("ignore:Adapter .* was active which is now deleted")
 def test_load_failing_half_way_leaves_no_trace(models, manager, loras, tiny_weights, monkeypatch):
-    """A's transformer part attached, then its CLIP part failed: A's transformer part must go too, B stays."""
+    """A's transformer part attached, then its text-encoder part failed: A's transformer part must go too, B stays,
+    and the user reads plain words, not the library's exception."""
 
     def fail(*args, **kwargs):
         raise RuntimeError("injected failure while loading the text encoder")
 
     manager.apply("dev", spec(loras, "B"), None)
     with monkeypatch.context() as patch:
-        patch.setattr(FluxPipeline, "load_lora_into_text_encoder", fail)
-        with pytest.raises(LoraError, match="injected failure"):
+        patch.setattr(text_encoders, "set_peft_model_state_dict", fail)
+        with pytest.raises(LoraError, match="passed every check but could not be attached") as error:
             manager.apply("dev", spec(loras, "B"), spec(loras, "A"))
+    assert "injected" not in str(error.value)
     assert adapters_in_process(models) == {adapter_name("key-B")}
     assert deltas(models, "dev", "key-A") == {}
 
@@ -204,6 +208,7 @@ def test_log_lines_say_what_happened(models, manager, loras, caplog):
     with caplog.at_level(logging.INFO, logger="lora_loader.adapters"):
         manager.apply("dev", spec(loras, "A", 0.5), None, multiplier=1.5)
         manager.apply("dev", None, None)
-    assert re.search(r"Loaded LoRA lora-A \(kohya sd-scripts, \d+ layers \+ 6 text-encoder layers\) in", caplog.text)
+    loaded = r"Loaded LoRA lora-A \(kohya sd-scripts, \d+ transformer layers \+ 6 CLIP-L layers \+ 1 T5-XXL layers\) in"
+    assert re.search(loaded, caplog.text)
     assert "LoRA scales: lora-A 0.75 (LoRA scales x1.5 for go_fast)" in caplog.text
     assert "Removed LoRA lora-A" in caplog.text

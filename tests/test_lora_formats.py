@@ -1,14 +1,14 @@
-"""Every LoRA format converts to the exact ΔW it should cause; unsupported files fail with a clear message.
+"""Every LoRA format converts to the exact ΔW it should cause; unsupported and malformed files fail clearly, whole.
 
 Each fixture file comes with the ΔW it must make on every layer it targets (testkit/lora_fixtures.py). The test
-converts it, loads it with diffusers onto the tiny dev pipeline and compares peft's `get_delta_weight` on each
-layer carrying the adapter with that expectation, so a conversion that silently drops, mis-splits or mis-scales
-a layer fails here.
+converts it, attaches it to the tiny dev pipeline (transformer, CLIP and T5) and compares peft's
+`get_delta_weight` on each layer carrying the adapter with that expectation, so a conversion that silently drops,
+mis-splits or mis-scales a layer fails here. FLUX.1-size files from each trainer are in test_lora_formats_full.py.
 """
 
 from __future__ import annotations
 
-import logging
+import json
 import re
 
 import pytest
@@ -16,8 +16,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from generation.pipelines import FluxModels
+from lora_loader import adapters
 from lora_loader.errors import LoraError
-from lora_loader.formats import BFL_PEFT, KOHYA, FluxLayout, convert_lora_state_dict, load_lora_state_dict
+from lora_loader.formats import load_lora_state_dict
+from lora_loader.targets import LoraTargets
 from testkit import lora_fixtures
 from weights.layout import FLUX_DEV, FLUX_SCHNELL
 
@@ -31,6 +33,20 @@ def models(tiny_weights) -> FluxModels:
     )
 
 
+@pytest.fixture(scope="module")
+def dev(models):
+    return models.pipeline("dev", "txt2img")
+
+
+@pytest.fixture(scope="module")
+def targets(dev) -> LoraTargets:
+    return LoraTargets.of_pipeline(dev)
+
+
+def shapes(pipe):
+    return lora_fixtures.linear_shapes(pipe.transformer), lora_fixtures.linear_shapes(pipe.text_encoder)
+
+
 def assert_same_deltas(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
     assert sorted(actual) == sorted(expected)
     for layer, delta in expected.items():
@@ -39,96 +55,162 @@ def assert_same_deltas(actual: dict[str, torch.Tensor], expected: dict[str, torc
 
 
 @pytest.mark.parametrize("name", sorted(lora_fixtures.FORMATS))
-def test_format_converts_to_expected_delta(models, tmp_path, name):
-    pipe = models.pipeline("dev", "txt2img")
-    fixture = lora_fixtures.write_fixture(
-        name, tmp_path, lora_fixtures.linear_shapes(pipe.transformer), lora_fixtures.linear_shapes(pipe.text_encoder)
-    )
-    converted = load_lora_state_dict(fixture.path, pipe.transformer.config)
+def test_format_converts_to_expected_delta(dev, targets, tmp_path, name):
+    fixture = lora_fixtures.write_fixture(name, tmp_path, *shapes(dev))
+    converted = load_lora_state_dict(fixture.path, targets)
     assert converted.format == fixture.format
-    pipe.load_lora_weights(converted.state_dict, adapter_name=ADAPTER)
     try:
-        assert_same_deltas(lora_fixtures.attached_deltas(pipe, ADAPTER), fixture.expected)
+        adapters.attach(dev, converted, ADAPTER)
+        assert_same_deltas(lora_fixtures.attached_deltas(dev, ADAPTER), fixture.expected)
     finally:
-        pipe.unload_lora_weights()
+        adapters.detach(dev, ADAPTER)
+        adapters.unload(dev)
 
 
 @pytest.mark.parametrize("name", sorted(lora_fixtures.UNSUPPORTED))
-def test_unsupported_file_is_refused_clearly(models, tmp_path, name):
+def test_unsupported_file_is_refused_clearly(targets, tmp_path, name):
     path, message = lora_fixtures.write_unsupported(name, tmp_path)
     with pytest.raises(LoraError, match=re.escape(message)):
-        load_lora_state_dict(path, models.transformer("dev").config)
+        load_lora_state_dict(path, targets)
 
 
-def test_file_that_is_not_safetensors_is_refused(models, tmp_path):
+def test_file_that_is_not_safetensors_is_refused(targets, tmp_path):
     path = tmp_path / "lora.safetensors"
     path.write_bytes(b"PK\x03\x04 not a safetensors header")
     with pytest.raises(LoraError, match="not a readable .safetensors file"):
-        load_lora_state_dict(path, models.transformer("dev").config)
+        load_lora_state_dict(path, targets)
 
 
 @pytest.mark.parametrize("model", ["dev", "schnell"])
-def test_layout_names_every_linear_layer(models, model):
+def test_targets_name_every_linear_layer(models, model):
     transformer = models.transformer(model)
-    layout = FluxLayout.from_config(transformer.config)
-    assert layout.linear_layers() == set(lora_fixtures.linear_shapes(transformer))
+    targets = LoraTargets.of_modules(transformer=transformer)
+    assert set(targets.linear_layers()) == set(lora_fixtures.linear_shapes(transformer))
 
 
-def test_dev_only_layers_are_dropped_on_schnell_and_said(models, tmp_path, caplog):
-    dev = models.pipeline("dev", "txt2img")
-    fixture = lora_fixtures.write_fixture(
-        "kohya_all_layers", tmp_path, lora_fixtures.linear_shapes(dev.transformer), {}
-    )
-    with caplog.at_level(logging.WARNING, logger="lora_loader.formats"):
-        converted = load_lora_state_dict(fixture.path, models.transformer("schnell").config)
-    assert not any("guidance_embedder" in key for key in converted.state_dict)
+def test_dev_only_layers_refuse_the_whole_file_on_schnell(models, dev, tmp_path):
+    """A dev LoRA with guidance-embedder layers cannot be applied whole to schnell, so it is not applied at all."""
+    fixture = lora_fixtures.write_fixture("kohya_all_layers", tmp_path, *shapes(dev))
     assert any("guidance_embedder" in key for key in fixture.expected)
-    assert "this FLUX.1 model does not have" in caplog.text
+    schnell = LoraTargets.of_pipeline(models.pipeline("schnell", "txt2img"))
+    with pytest.raises(LoraError, match=r"guidance-embedder layer\(s\) .* FLUX.1 \[schnell\] does not have"):
+        load_lora_state_dict(fixture.path, schnell)
 
 
-def test_our_bfl_converter_matches_diffusers_at_flux1_width():
-    """At FLUX.1's real width diffusers' kohya converter handles linear1: ours must agree with it exactly."""
-    config = {"num_attention_heads": 24, "attention_head_dim": 128, "num_layers": 1, "num_single_layers": 1}
-    config["guidance_embeds"] = True
-    generator = torch.Generator().manual_seed(1)
-    layers = {"single_blocks.0.linear1": 3 * 3072 + 12288, "double_blocks.0.img_attn.qkv": 3 * 3072}
-    kohya, bfl_peft = {}, {}
-    for layer, rows in layers.items():
-        down, up = torch.randn(2, 3072, generator=generator), torch.randn(rows, 2, generator=generator)
-        flat = "lora_unet_" + layer.replace(".", "_")
-        kohya |= {f"{flat}.lora_down.weight": down, f"{flat}.lora_up.weight": up, f"{flat}.alpha": torch.tensor(1.0)}
-        dotted = f"diffusion_model.{layer}"
-        bfl_peft |= {
-            f"{dotted}.lora_A.weight": down,
-            f"{dotted}.lora_B.weight": up,
-            f"{dotted}.alpha": torch.tensor(1.0),
-        }
-
-    theirs = convert_lora_state_dict(kohya, config)  # kohya at FLUX.1 width: diffusers' converter
-    ours = convert_lora_state_dict(bfl_peft, config)  # BFL-named PEFT: ours
-    assert (theirs.format, ours.format) == (KOHYA, BFL_PEFT)
-    probe = torch.randn(3072, 3, generator=generator, dtype=torch.float64)
-    assert sorted(applied(theirs.state_dict, probe)) == sorted(applied(ours.state_dict, probe))
-    for layer, result in applied(theirs.state_dict, probe).items():
-        assert torch.allclose(applied(ours.state_dict, probe)[layer], result, rtol=1e-6, atol=1e-9), layer
+def rewritten(tmp_path, dev, change, name: str = "diffusers", metadata: dict | None = None):
+    """A fixture file with `change(tensors)` applied (it edits the dict in place)."""
+    fixture = lora_fixtures.write_fixture(name, tmp_path / "source", *shapes(dev))
+    tensors = load_file(fixture.path)
+    change(tensors)
+    path = tmp_path / "changed.safetensors"
+    save_file(tensors, path, metadata=metadata)
+    return path
 
 
-def applied(state_dict: dict[str, torch.Tensor], probe: torch.Tensor) -> dict[str, torch.Tensor]:
-    """ΔW @ probe per layer, without building the (large) ΔW."""
-    results = {}
-    for key, lora_a in state_dict.items():
-        if key.endswith(".lora_A.weight"):
-            lora_b = state_dict[key.replace(".lora_A.", ".lora_B.")]
-            results[key.removesuffix(".lora_A.weight")] = lora_b.double() @ (lora_a.double() @ probe)
-    return results
+def first(tensors: dict, suffix: str) -> str:
+    return sorted(key for key in tensors if key.endswith(suffix))[0]
 
 
-@pytest.mark.parametrize("metadata", ["{not json", '["a list"]'])
-def test_unreadable_adapter_metadata_is_a_clear_error(models, tmp_path, metadata):
-    pipe = models.pipeline("dev", "txt2img")
-    shapes = lora_fixtures.linear_shapes(pipe.transformer), lora_fixtures.linear_shapes(pipe.text_encoder)
-    fixture = lora_fixtures.write_fixture("diffusers", tmp_path, *shapes)
-    path = tmp_path / "bad-metadata.safetensors"
-    save_file(load_file(fixture.path), path, metadata={"lora_adapter_metadata": metadata})
-    with pytest.raises(LoraError, match="lora_adapter_metadata entry that is not a JSON object"):
-        load_lora_state_dict(path, pipe.transformer.config)
+def put(suffix: str, make):
+    def change(tensors):
+        key = first(tensors, suffix)
+        tensors[key] = make(tensors[key])
+
+    return change
+
+
+MALFORMED = {  # name: (fixture, change, what the message must say)
+    "nan": ("diffusers", put(".lora_B.weight", lambda t: t.index_fill(0, torch.tensor([0]), float("nan"))), "NaN"),
+    "inf": ("kohya", put(".lora_down.weight", lambda t: t.index_fill(1, torch.tensor([1]), float("inf"))), "infinite"),
+    "nan_alpha": ("kohya", put(".alpha", lambda t: torch.tensor(float("nan"))), "NaN"),
+    "one_dimensional_lora_A": ("diffusers", put(".lora_A.weight", lambda t: t[0]), "is a matrix"),
+    "three_dimensional_lora_B": ("diffusers", put(".lora_B.weight", lambda t: t[None]), "is a matrix"),
+    "ranks_differ": ("kohya", put(".lora_up.weight", lambda t: torch.cat([t, t], dim=1)), "do not fit together"),
+    "alpha_with_two_elements": ("kohya", put(".alpha", lambda t: torch.tensor([4.0, 4.0])), "a single number"),
+    "alpha_zero": ("kohya", put(".alpha", lambda t: torch.tensor(0.0)), "an alpha of 0"),
+    "integer_weights": ("diffusers", put(".lora_A.weight", lambda t: t.to(torch.int32)), "int32 values"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_weights_are_one_clear_error_naming_the_tensor(dev, targets, tmp_path, case):
+    name, change, message = MALFORMED[case]
+    fixture = lora_fixtures.write_fixture(name, tmp_path / "source", *shapes(dev))
+    tensors = load_file(fixture.path)
+    change(tensors)
+    changed = {key for key, value in load_file(fixture.path).items() if not torch.equal(value, tensors[key])}
+    path = tmp_path / "changed.safetensors"
+    save_file(tensors, path)
+    with pytest.raises(LoraError, match=re.escape(message)) as error:
+        load_lora_state_dict(path, targets)
+    assert any(key in str(error.value) for key in changed), "the message names the tensor"
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ("{not json", "lora_adapter_metadata entry that is not a JSON object"),
+        ('["a list"]', "lora_adapter_metadata entry that is not a JSON object"),
+        (json.dumps({"transformer.lora_alpha": "eight"}), "transformer.lora_alpha is 'eight', not a number"),
+        (json.dumps({"transformer.lora_alpha": 8, "transformer.alpha_pattern": ["a"]}), "alpha_pattern is a list"),
+        (json.dumps({"transformer.alpha_pattern": {"x": None}}), "alpha_pattern['x'] is None"),
+        (json.dumps({"transformer.use_rslora": "yes"}), "use_rslora is 'yes'"),
+    ],
+)
+def test_malformed_adapter_metadata_is_a_clear_error(dev, targets, tmp_path, config, message):
+    path = rewritten(tmp_path, dev, lambda tensors: None, metadata={"lora_adapter_metadata": config})
+    with pytest.raises(LoraError, match=re.escape(message)):
+        load_lora_state_dict(path, targets)
+
+
+@pytest.mark.parametrize(
+    "key, message",
+    [
+        ("transformer.x_embedder.diff", "full-weight differences (.diff)"),
+        ("bundle_emb.tok.clip_l", "bundled textual-inversion embeddings"),
+        ("transformer.x_embedder.lora_mid.weight", "LoCon Tucker factors"),
+        ("transformer.x_embedder.weight", "tensors that are not LoRA weights"),
+    ],
+)
+def test_a_tensor_no_path_can_apply_refuses_the_whole_file(dev, targets, tmp_path, key, message):
+    path = rewritten(tmp_path, dev, lambda tensors: tensors.update({key: torch.ones(3)}))
+    with pytest.raises(LoraError, match=re.escape(message)) as error:
+        load_lora_state_dict(path, targets)
+    assert "none of it is applied" in str(error.value) and key in str(error.value)
+
+
+def test_a_layer_this_model_lacks_refuses_the_whole_file(dev, targets, tmp_path):
+    extra = {"transformer.transformer_blocks.7.attn.to_q.lora_A.weight": torch.ones(4, 32)}
+    extra["transformer.transformer_blocks.7.attn.to_q.lora_B.weight"] = torch.ones(32, 4)
+    path = rewritten(tmp_path, dev, lambda tensors: tensors.update(extra))
+    with pytest.raises(LoraError, match=r"1 layer\(s\) that name no layer of this FLUX.1 model .*none of it"):
+        load_lora_state_dict(path, targets)
+
+
+def test_bias_change_without_a_pair_and_clip_embeddings_apply(dev, targets, tmp_path):
+    """A ComfyUI bias change on a layer without a low-rank pair, and kohya-named CLIP embedding LoRAs."""
+    generator = torch.Generator().manual_seed(3)
+    tokens, width = dev.text_encoder.get_input_embeddings().weight.shape
+    up, down = torch.randn(tokens, 2, generator=generator), torch.randn(2, width, generator=generator)
+    bias = torch.randn(32, generator=generator)
+    extra = {
+        "lora_te1_text_model_embeddings_token_embedding.lora_up.weight": up,
+        "lora_te1_text_model_embeddings_token_embedding.lora_down.weight": down,
+        "lora_te1_text_model_embeddings_token_embedding.alpha": torch.tensor(1.0),
+        "diffusion_model.img_in.diff_b": bias,  # img_in has no low-rank pair in this file
+    }
+    path = rewritten(tmp_path, dev, lambda tensors: tensors.update(extra), name="comfyui")
+    converted = load_lora_state_dict(path, targets)
+    assert converted.embeddings("text_encoder") == ["embeddings.token_embedding"]
+    try:
+        adapters.attach(dev, converted, ADAPTER)
+        deltas = lora_fixtures.attached_deltas(dev, ADAPTER)
+        assert torch.allclose(deltas["text_encoder.embeddings.token_embedding"], up @ down / 2, atol=1e-5)
+        x_embedder = dev.transformer.x_embedder
+        assert torch.equal(x_embedder.lora_B[ADAPTER].bias, bias)
+        assert not x_embedder.lora_B[ADAPTER].weight.any(), "a bias change alone carries a zero low-rank pair"
+        proj = dev.transformer.transformer_blocks[0].attn.to_out[0]
+        assert not proj.lora_B[ADAPTER].bias.any(), "layers without a bias change get a zero one"
+    finally:
+        adapters.detach(dev, ADAPTER)
+        adapters.unload(dev)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft.tuners.lora import LoraLayer
+from safetensors.torch import load_file, save_file
 from torch._dynamo.utils import counters
 
 from generation.pipelines import FluxModels
@@ -27,7 +28,7 @@ from weights.layout import FLUX_DEV, FLUX_SCHNELL
 
 PROMPT, GUIDANCE = lora_fixtures.PROMPT, lora_fixtures.GUIDANCE
 render = lora_fixtures.render
-MAX_RANK = 16  # above every fixture's rank (4, and 12 on kohya's block-diagonal qkv)
+MAX_RANK = 16  # above every fixture's rank (4; kohya's block-diagonal qkv is 12 in the file, 4 per part)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Already found a `peft_config` attribute")
 
@@ -114,7 +115,7 @@ def test_sequence_matches_fresh_plain_models(models, manager, loras, tiny_weight
         ("dev", None, None, 1.0),
         ("dev", b, a, 1.0),  # the same slots, the roles swapped
         ("dev", spec(loras, "A", -0.6), None, 1.0),
-        ("schnell", a, None, 1.0),
+        ("schnell", b, None, 1.0),  # not A: its guidance-embedder layers cannot apply to schnell
         ("dev", None, b, 1.0),
         ("dev", spec(loras, "C", 0.5), a, 1.5),  # fp16 file; go_fast multiplier
         ("dev", spec(loras, "X", 0.5), a, 1.5),  # into C's slot at C's scale: the swap's own scale 1 must go
@@ -126,7 +127,7 @@ def test_sequence_matches_fresh_plain_models(models, manager, loras, tiny_weight
         assert (render(models, model) - expected).abs().max() < 1e-5, f"step {step}"
         if model == "schnell":
             assert {lora.model for lora in manager.resident} == {"schnell"}, "dev's slots were emptied"
-    # A, B, A again (B had taken its slot), A on schnell, then on dev (emptied meanwhile) B, C and A again, X
+    # A, B, A again (B had taken its slot), B on schnell, then on dev (emptied meanwhile) B, C and A again, X
     assert manager.loads == 8
 
 
@@ -181,17 +182,26 @@ def test_compiled_transformer_never_recompiles(tiny_weights, loras, device, back
     assert counters["stats"]["unique_graphs"] == graphs
 
 
-def test_not_hotswappable_raises_before_touching_the_model(models, loras):
+def test_not_hotswappable_raises_before_touching_the_model(models, loras, tmp_path):
     manager = HotswapAdapterManager(models)
     manager.prepare(("dev",), max_rank=8)
     manager.apply("dev", spec(loras, "B"), None)
     before = render(models, "dev")
+    rank12 = tmp_path / "rank12.safetensors"
+    layer = "transformer.transformer_blocks.0.attn.add_q_proj"
+    save_file({f"{layer}.lora_A.weight": torch.ones(12, 32), f"{layer}.lora_B.weight": torch.ones(32, 12)}, rank12)
+    with_bias = tmp_path / "bias.safetensors"
+    save_file(load_file(loras["B"].path) | {"transformer.x_embedder.lora_B.bias": torch.ones(32)}, with_bias)
+    extra = {"R12": lora_fixtures.LoraFixture(rank12, "", {}), "BIAS": lora_fixtures.LoraFixture(with_bias, "", {})}
+    loras = loras | extra
 
     with pytest.raises(NotHotswappable, match=re.escape("rank 12 on layer transformer_blocks.0.attn.add_")) as error:
-        manager.apply("dev", spec(loras, "B"), spec(loras, "A"))
-    assert str(error.value).startswith("LoRA lora-A: ")
-    with pytest.raises(NotHotswappable, match="6 CLIP text-encoder layer"):
+        manager.apply("dev", spec(loras, "B"), spec(loras, "R12"))
+    assert str(error.value).startswith("LoRA lora-R12: ")
+    with pytest.raises(NotHotswappable, match=r"6 CLIP-L text-encoder layer\(s\) and 1 T5-XXL"):
         manager.apply("dev", spec(loras, "C"), spec(loras, "TE"))  # C would fit, but is not swapped in either
+    with pytest.raises(NotHotswappable, match="changes biases"):
+        manager.apply("dev", spec(loras, "BIAS"), None)
     with pytest.raises(LoraError, match="looks like a diffusers/PEFT LoRA") as error:
         manager.apply("dev", spec(loras, "BAD"), None)
     assert not isinstance(error.value, NotHotswappable)  # a broken file fails on the plain path too
@@ -199,6 +209,15 @@ def test_not_hotswappable_raises_before_touching_the_model(models, loras):
     assert torch.equal(render(models, "dev"), before)
     assert manager.loads == 1
     assert [lora.label for lora in manager.resident] == ["lora-B"]
+
+
+def test_block_diagonal_fused_layers_need_only_their_own_rank(models, loras):
+    """kohya's split_qkv and OneTrainer write a fused layer as one rank-3r LoRA whose up matrix is block-diagonal;
+    each diffusers layer gets only its own r columns, so A (rank 12 on txt_attn.qkv) fits slots of rank 8."""
+    manager = HotswapAdapterManager(models)
+    manager.prepare(("dev",), max_rank=8)
+    manager.apply("dev", spec(loras, "A", 0.5), None)
+    assert_slot_holds(slot_deltas(models, "dev", slot_of(manager, "dev", "lora-A")), loras["A"].expected, 0.5)
 
 
 def test_failed_swap_resets_the_slot_to_zeros(models, manager, loras, tiny_weights, monkeypatch):
