@@ -1,9 +1,9 @@
 """LoRA files for the tiny model and the fake sites that serve them, for code that runs the real server.
 
-Shared by tests/test_bad_inputs.py and script/soak.py (the soak imports it from the repo: it is a developer
-script, and these fakes are what keeps it offline). `tiny_lora_shapes` reads the layer shapes from the
-tiny weights on disk, so no GenerationService is needed; `LoraSites` starts fake Replicate, CivitAI,
-Hugging Face and plain-file sites on 127.0.0.1 and gives the environment that points a server at them.
+Shared by the tests (tests/conftest.py's `lora_sites`) and script/soak.py (a developer script: these fakes
+are what keeps it offline). `tiny_lora_shapes` reads the layer shapes from the tiny weights on disk, so no
+GenerationService is needed; `LoraSites` starts fake Replicate, CivitAI, Hugging Face and plain-file sites
+on 127.0.0.1 and gives the environment that points a server at them.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from testkit import lora_fixtures
+from testkit.fakes.core import FakeSite, RecordedRequest
 from testkit.fakes.hf_hub import FakeHub
 from testkit.fakes.lora_servers import FakeCivitai, FakeReplicate, FakeServer
 
@@ -36,8 +37,8 @@ def tiny_lora_bytes(shapes: tuple[dict, dict], fmt: str, folder: Path, seed: int
 class LoraSites:
     """Fake Replicate, CivitAI, Hugging Face Hub and a plain file host, all on loopback.
 
-    `replicate_token` / `civitai_token`: when set, models added while it is set demand it (the fakes fix
-    a route's token when the route is added); see `add_gated_*`.
+    A CivitAI or Replicate model demands the site's `token` when one was set as it was added (the fakes fix
+    a route's token when the route is added); a Hub repo is private or gated as `add_repo` says.
     """
 
     def __init__(self) -> None:
@@ -55,6 +56,25 @@ class LoraSites:
             "HF_HUB_OFFLINE": "0",
             "LORA_ALLOW_PRIVATE_URLS": "1",
         }
+
+    @property
+    def servers(self) -> tuple[FakeSite, ...]:
+        """Every fake server behind the four sites (CivitAI and Replicate each have a storage host)."""
+        return (self.hub, *self.civitai.servers, *self.replicate.servers, self.files)
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """What every site was asked, site by site."""
+        return [request for server in self.servers for request in server.requests]
+
+    def clear_requests(self) -> None:
+        for server in self.servers:
+            server.clear_requests()
+
+    def reset(self) -> None:
+        """Forget every repo, model, file, token, fault and request: the sites can serve the next test."""
+        for site in (self.replicate, self.civitai, self.hub, self.files):
+            site.reset()
 
     def close(self) -> None:
         for site in (self.replicate, self.civitai, self.hub, self.files):

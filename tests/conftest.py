@@ -1,8 +1,10 @@
-"""Session fixtures: tiny random FLUX/safety weights built offline, and services over them."""
+"""Fixtures the tests share: tiny random FLUX/safety weights built offline and services over them (session),
+and the fake LoRA sites on loopback (module)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,8 @@ import torch
 from generation.service import GenerationService
 from generation.settings import Settings
 from lora_loader import LoraFetcher, LoraSettings
+from testkit.fakes.lora_servers import FakeCivitai, FakeReplicate, FakeServer
+from testkit.lora_sites import LoraSites
 from testkit.tiny_weights import write_tiny_weights
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -53,3 +57,32 @@ def tiny_env(tiny_weights, tmp_path_factory) -> dict[str, str]:
     env.update(WEIGHTS_DIR=str(tiny_weights), FLUX_DEVICE="cpu", FLUX_DTYPE="float32", HF_HUB_OFFLINE="1")
     env.update(LORA_CACHE_DIR=str(tmp_path_factory.mktemp("server-lora-cache")), LORA_ALLOW_PRIVATE_URLS="1")
     return env
+
+
+@pytest.fixture(scope="module")
+def lora_sites() -> Iterator[LoraSites]:
+    """Fake Replicate, CivitAI, Hugging Face and plain-file sites, started once per module: starting their
+    seven servers for every test would cost more than the tests. Tests empty what they use (see below)."""
+    with LoraSites() as sites:
+        yield sites
+
+
+@pytest.fixture
+def files(lora_sites: LoraSites) -> Iterator[FakeServer]:
+    """The plain file host, emptied before the test and after it (which ends any stall still holding a
+    connection)."""
+    lora_sites.files.reset()
+    yield lora_sites.files
+    lora_sites.files.reset()
+
+
+@pytest.fixture
+def civitai(lora_sites: LoraSites) -> FakeCivitai:
+    lora_sites.civitai.reset()
+    return lora_sites.civitai
+
+
+@pytest.fixture
+def replicate(lora_sites: LoraSites) -> FakeReplicate:
+    lora_sites.replicate.reset()
+    return lora_sites.replicate

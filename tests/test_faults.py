@@ -16,7 +16,6 @@ import json
 import multiprocessing
 import os
 import time
-import types
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,8 @@ from lora_loader.cache import LORA_FILE, SIDECAR
 from lora_loader.http import RetryPolicy
 from lora_loader.validate import check_safetensors
 from testkit.cog_server import CogServer
-from testkit.fakes.lora_servers import FakeCivitai, FakeServer, FakeVersion, fetch_many_in_process, lora_bytes
+from testkit.fakes.lora_servers import FakeCivitai, FakeServer, FakeVersion, lora_bytes
+from testkit.fetch_workers import fetch_many_in_process
 from testkit.helpers import png_bytes
 from testkit.lora_sites import tiny_lora_bytes, tiny_lora_shapes
 
@@ -41,27 +41,6 @@ class RecordedSleeps(list):
 
     def __call__(self, seconds: float) -> None:
         self.append(seconds)
-
-
-@pytest.fixture(scope="module")
-def sites():
-    files, civitai = FakeServer().start(), FakeCivitai()
-    yield types.SimpleNamespace(files=files, civitai=civitai)
-    files.close()
-    civitai.close()
-
-
-@pytest.fixture
-def files(sites) -> FakeServer:
-    sites.files.reset()
-    yield sites.files
-    sites.files.reset()  # releases any stall still holding a connection
-
-
-@pytest.fixture
-def civitai(sites) -> FakeCivitai:
-    sites.civitai.reset()
-    return sites.civitai
 
 
 @pytest.fixture

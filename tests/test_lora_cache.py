@@ -13,7 +13,6 @@ import multiprocessing
 import os
 import threading
 import time
-import types
 from pathlib import Path
 
 import pytest
@@ -21,17 +20,9 @@ import pytest
 from lora_loader import LoraError, LoraFetcher, LoraSettings
 from lora_loader.cache import LORA_FILE, SIDECAR
 from lora_loader.http import RetryPolicy
-from testkit.fakes.hf_hub import FakeHub
-from testkit.fakes.lora_servers import (
-    FakeCivitai,
-    FakeReplicate,
-    FakeServer,
-    FakeVersion,
-    fetch_in_process,
-    lora_bytes,
-    make_tar,
-    trainer_tar,
-)
+from testkit.fakes.lora_servers import FakeVersion, lora_bytes, make_tar, trainer_tar
+from testkit.fetch_workers import fetch_in_process
+from testkit.lora_sites import LoraSites
 
 HF_TOKEN = "hf_CacheTestTokenForTheFakeHub012345"
 CIVITAI_TOKEN = "civitaiCacheTestKey0123456789abcdef"
@@ -39,33 +30,16 @@ REPLICATE_TOKEN = "r8_CacheTestReplicateToken01234567"
 FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02)
 
 
-@pytest.fixture(scope="module")
-def servers():
-    hub, civitai, replicate, files = FakeHub().start(), FakeCivitai(), FakeReplicate(), FakeServer().start()
-    hub.tokens.add(HF_TOKEN)
-    yield types.SimpleNamespace(hub=hub, civitai=civitai, replicate=replicate, files=files)
-    for fake in (hub, civitai, replicate, files):
-        fake.close()
+@pytest.fixture
+def fakes(lora_sites: LoraSites) -> LoraSites:
+    lora_sites.reset()
+    lora_sites.hub.tokens.add(HF_TOKEN)
+    return lora_sites
 
 
 @pytest.fixture
-def fakes(servers):
-    servers.hub.repos.clear()
-    servers.hub.clear_requests()
-    for fake in (servers.civitai, servers.replicate, servers.files):
-        fake.reset()
-    return servers
-
-
-@pytest.fixture
-def environ(tmp_path: Path, fakes) -> dict[str, str]:
-    return {
-        "LORA_CACHE_DIR": str(tmp_path / "cache"),
-        "LORA_ALLOW_PRIVATE_URLS": "1",
-        "HF_ENDPOINT": fakes.hub.endpoint,
-        "CIVITAI_BASE_URL": fakes.civitai.base_url,
-        "REPLICATE_BASE_URL": fakes.replicate.base_url,
-    }
+def environ(tmp_path: Path, fakes: LoraSites) -> dict[str, str]:
+    return {**fakes.env(), "LORA_CACHE_DIR": str(tmp_path / "cache")}
 
 
 @pytest.fixture
@@ -77,18 +51,6 @@ def make_fetcher(environ: dict[str, str]):
         return LoraFetcher(settings.cache_dir, settings.max_bytes, settings, retry=FAST_RETRY, **kwargs)
 
     return make
-
-
-def all_requests(fakes) -> list:
-    servers = (fakes.civitai.site, fakes.civitai.storage, fakes.replicate.site, fakes.replicate.delivery, fakes.files)
-    return [r for s in servers for r in s.requests] + fakes.hub.requests
-
-
-def clear_requests(fakes) -> None:
-    fakes.hub.clear_requests()
-    for server in (fakes.civitai.site, fakes.civitai.storage, fakes.replicate.site, fakes.replicate.delivery):
-        server.clear_requests()
-    fakes.files.clear_requests()
 
 
 def backdate(fetcher: LoraFetcher, key: str, seconds: float) -> None:
@@ -108,12 +70,12 @@ def test_a_cached_lora_makes_no_request_at_all(fakes, make_fetcher, caplog) -> N
     sources = [fakes.files.url("/a.safetensors"), "o/m", "civitai.com/models/3", "civitai.com/api/download/models/30"]
     sources.append("huggingface.co/o/r")
     first = [make_fetcher().fetch(s) for s in sources]
-    clear_requests(fakes)
+    fakes.clear_requests()
 
     caplog.set_level(logging.INFO)
     again = [make_fetcher().fetch(s) for s in sources]  # a new fetcher: as in a restarted process
 
-    assert all_requests(fakes) == []
+    assert fakes.requests == []
     assert again == first
     assert caplog.text.count("cache hit") == len(sources)
     assert first[2].trigger_words == again[2].trigger_words == ("civ",)
@@ -236,8 +198,8 @@ def test_least_recently_used_entries_are_evicted_under_the_cap(fakes, make_fetch
     assert {p.name for p in fetcher.cache.entries_dir.iterdir()} == {a.key, c.key}
     assert f"evicted {b.key}" in caplog.text
     assert fetcher.cache.total_bytes() <= int(size * 2.5)
-    clear_requests(fakes)
-    assert fetcher.fetch(urls["a"]).path.read_bytes() == blobs["a"] and all_requests(fakes) == []
+    fakes.clear_requests()
+    assert fetcher.fetch(urls["a"]).path.read_bytes() == blobs["a"] and fakes.requests == []
 
 
 def test_entries_in_use_are_not_evicted_even_over_the_cap(fakes, make_fetcher, caplog) -> None:
@@ -280,18 +242,18 @@ def test_a_lora_fetched_with_a_token_is_not_served_without_it(fakes, make_fetche
         make_fetcher().fetch("civitai.com/models/11")
     with pytest.raises(LoraError, match="refused CIVITAI_API_TOKEN"):
         make_fetcher(CIVITAI_API_TOKEN="another").fetch("civitai.com/models/11")
-    clear_requests(fakes)
+    fakes.clear_requests()
     assert make_fetcher(CIVITAI_API_TOKEN=CIVITAI_TOKEN).fetch("civitai.com/models/11") == with_token
-    assert all_requests(fakes) == []
+    assert fakes.requests == []
 
 
 def test_public_entries_serve_callers_with_a_token(fakes, make_fetcher) -> None:
     fakes.replicate.add_model("pub", "lora", trainer_tar(lora_bytes(12)))
     public = make_fetcher().fetch("pub/lora")
-    clear_requests(fakes)
+    fakes.clear_requests()
 
     assert make_fetcher(REPLICATE_API_TOKEN=REPLICATE_TOKEN).fetch("pub/lora") == public
-    assert all_requests(fakes) == []
+    assert fakes.requests == []
 
 
 def test_tokens_never_reach_logs_or_file_names(fakes, make_fetcher, caplog) -> None:
@@ -334,12 +296,12 @@ def test_each_tokens_entries_stay_with_that_token(fakes, make_fetcher, kind: str
         source, name, token = "civitai.com/models/31", "CIVITAI_API_TOKEN", CIVITAI_TOKEN
     fetched = make_fetcher(**{name: token}).fetch(source)
     assert fetched.path.read_bytes() == data
-    clear_requests(fakes)
+    fakes.clear_requests()
 
     for others in ({}, {name: "another-token-0123456789"}):
         with pytest.raises(LoraError) as caught:
             make_fetcher(**others).fetch(source)
         assert token not in str(caught.value)
-    assert all_requests(fakes), "the site was asked, not the cache"
-    clear_requests(fakes)
-    assert make_fetcher(**{name: token}).fetch(source) == fetched and all_requests(fakes) == []
+    assert fakes.requests, "the site was asked, not the cache"
+    fakes.clear_requests()
+    assert make_fetcher(**{name: token}).fetch(source) == fetched and fakes.requests == []

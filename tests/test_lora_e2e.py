@@ -13,8 +13,8 @@ from PIL import Image
 
 from testkit import lora_fixtures
 from testkit.cog_server import REPO_ROOT, CogServer
-from testkit.fakes.hf_hub import FakeHub
-from testkit.fakes.lora_servers import FakeCivitai, FakeReplicate, FakeServer, FakeVersion, trainer_tar
+from testkit.fakes.lora_servers import FakeVersion, trainer_tar
+from testkit.lora_sites import LoraSites
 
 BASE = {"prompt": "a photo of TOK", "num_inference_steps": 2, "megapixels": "0.25", "seed": 5, "output_format": "png"}
 
@@ -32,25 +32,17 @@ def lora_files(service, tmp_path_factory) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def sites(lora_files):
-    replicate, civitai, hub, files = FakeReplicate(), FakeCivitai(), FakeHub().start(), FakeServer().start()
-    tar_url = replicate.add_model("alice", "flux-tok", trainer_tar(lora_files["trained"], trigger_word="TOK"))
-    hub.add_repo("bob/flux-style", {"lora.safetensors": lora_files["hf"], "README.md": b"# style"})
-    civitai.add_model(1234, [FakeVersion(id=5678, content=lora_files["civitai"], trained_words=["pixelart"])])
-    files.add_page("/not-a-lora.safetensors", b"<!DOCTYPE html><html>Sign in</html>")
-    yield {"replicate": replicate, "civitai": civitai, "hub": hub, "files": files, "tar_url": tar_url}
-    for site in (replicate, civitai, hub, files):
-        site.close()
+def sites(lora_sites: LoraSites, lora_files) -> LoraSites:
+    lora_sites.replicate.add_model("alice", "flux-tok", trainer_tar(lora_files["trained"], trigger_word="TOK"))
+    lora_sites.hub.add_repo("bob/flux-style", {"lora.safetensors": lora_files["hf"], "README.md": b"# style"})
+    civitai_version = FakeVersion(id=5678, content=lora_files["civitai"], trained_words=["pixelart"])
+    lora_sites.civitai.add_model(1234, [civitai_version])
+    lora_sites.files.add_page("/not-a-lora.safetensors", b"<!DOCTYPE html><html>Sign in</html>")
+    return lora_sites
 
 
-def _env(tiny_env, sites) -> dict[str, str]:
-    return {
-        **tiny_env,
-        "REPLICATE_BASE_URL": sites["replicate"].base_url,
-        "CIVITAI_BASE_URL": sites["civitai"].base_url,
-        "HF_ENDPOINT": sites["hub"].endpoint,
-        "HF_HUB_OFFLINE": "0",
-    }
+def _env(tiny_env, sites: LoraSites) -> dict[str, str]:
+    return {**tiny_env, **sites.env()}
 
 
 @pytest.fixture(scope="module")
@@ -104,11 +96,10 @@ def test_main_and_extra_together_and_swapped_match_a_fresh_server(server, tiny_e
 
 def test_a_cached_lora_costs_no_request_and_an_attached_one_no_reload(server, sites):
     predict(server, replicate_weights="alice/flux-tok")
-    for site in (sites["replicate"].site, sites["replicate"].delivery):
-        site.clear_requests()
+    sites.clear_requests()
     body = predict(server, replicate_weights="alice/flux-tok", lora_scale=0.5)
     assert body["status"] == "succeeded"
-    assert sites["replicate"].site.requests == [] and sites["replicate"].delivery.requests == []
+    assert sites.requests == []
 
 
 def test_trigger_word_hint_only_when_the_prompt_lacks_it(server):
@@ -120,7 +111,7 @@ def test_trigger_word_hint_only_when_the_prompt_lacks_it(server):
 
 def test_bad_loras_fail_clearly_and_the_server_stays_ready(server, sites):
     cases = {
-        sites["files"].url("/not-a-lora.safetensors"): "HTML",
+        sites.files.url("/not-a-lora.safetensors"): "HTML",
         "civitai.com/models/999": "CivitAI",
         "not a lora string": "Replicate",
     }
@@ -133,7 +124,7 @@ def test_bad_loras_fail_clearly_and_the_server_stays_ready(server, sites):
 
 def test_trained_predictor_serves_its_own_weights(tiny_env, sites, tmp_path):
     """The 20-input schema with COG_WEIGHTS, started as users start it: `script/serve --target ...`."""
-    env = {**_env(tiny_env, sites), "COG_WEIGHTS": sites["tar_url"]}
+    env = {**_env(tiny_env, sites), "COG_WEIGHTS": sites.replicate.weights_url("alice", "flux-tok")}
     target = "predict.py:TrainedPredictor"
     server = CogServer(env, target=target, log_path=tmp_path / "trained.log", via_script=True)
     committed = (REPO_ROOT / ".cog/openapi_schema.json").read_bytes()

@@ -43,43 +43,11 @@ FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02)
 LORA = lora_bytes(1)
 
 
-@pytest.fixture(scope="module")
-def servers():
-    """The fakes, started once for the module (each test resets them): starting and stopping seven
-    servers per test would cost more than the tests."""
-    hub, civitai, replicate, files = FakeHub().start(), FakeCivitai(), FakeReplicate(), FakeServer().start()
-    yield types.SimpleNamespace(hub=hub, civitai=civitai, replicate=replicate, files=files)
-    for fake in (hub, civitai, replicate, files):
-        fake.close()
-
-
 @pytest.fixture
-def hub(servers) -> FakeHub:
-    hub = servers.hub
-    hub.repos.clear()
-    hub.clear_faults()
-    hub.clear_requests()
-    hub.tokens.clear()
-    hub.tokens.add(HF_TOKEN)
-    return hub
-
-
-@pytest.fixture
-def civitai(servers) -> FakeCivitai:
-    servers.civitai.reset()
-    return servers.civitai
-
-
-@pytest.fixture
-def replicate(servers) -> FakeReplicate:
-    servers.replicate.reset()
-    return servers.replicate
-
-
-@pytest.fixture
-def files(servers) -> FakeServer:
-    servers.files.reset()
-    return servers.files
+def hub(lora_sites) -> FakeHub:
+    lora_sites.hub.reset()
+    lora_sites.hub.tokens.add(HF_TOKEN)
+    return lora_sites.hub
 
 
 @pytest.fixture

@@ -42,18 +42,6 @@ PUBLIC = "93.184.216.34"
 LOOPBACK_ONLY = (ipaddress.ip_network("127.0.0.1/32"),)
 
 
-@pytest.fixture(scope="module")
-def module_files():
-    with FakeServer() as server:
-        yield server
-
-
-@pytest.fixture
-def files(module_files: FakeServer) -> FakeServer:
-    module_files.reset()
-    return module_files
-
-
 class RecordingBackend(httpcore.NetworkBackend):
     """Dials loopback for real and records every dial; a public address is 'unreachable' (no internet here)."""
 

@@ -1,14 +1,14 @@
-"""Fake LoRA download sites on loopback: a generic file server, CivitAI, Replicate, and test data.
+"""Fake LoRA download sites on loopback, over the fake-server core (core.py): a plain file host, CivitAI
+and Replicate, and the tiny files they serve.
 
-`FakeServer` is a real HTTP/1.1 server on 127.0.0.1 with a route table. Routes serve files (with ETag,
-`Accept-Ranges` and 206 answers to `Range`/`If-Range`, or a server that ignores ranges), JSON, redirects
-and errors; they can demand a bearer token, refuse any Authorization header (what S3 does to a
-presigned URL that also carries one), demand a signature in the query, or wait before the body (so
-that concurrent callers overlap). Faults, each for `times` requests: `drop_connection` cuts the body at
-a byte offset; `stall` sends part of the body and then nothing (until the fault's time is up or the
-server is reset); `fail` answers an error status instead; `wrong_length` announces a Content-Length
-other than the body's. Every request is recorded, with the Authorization header's value (tests check
-which token arrived where) and the Host header (tests of address pinning check the name arrived).
+`FakeServer` is a plain host with a route table. Routes serve files (ETag, `Accept-Ranges`, 206 answers to
+`Range`/`If-Range`, or a host that ignores ranges), JSON, HTML pages, redirects and errors; they can demand
+a bearer token, refuse any Authorization header (what S3 does to a presigned URL that also carries one),
+demand a signature in the query, or wait before answering (so that concurrent callers overlap). Faults
+(faults.py), each for `times` requests of one path: `drop_connection` cuts the body at a byte offset;
+`stall` sends part of the body and then nothing (until the fault's time is up or the server is reset);
+`fail` answers an error status instead; `wrong_length` announces a Content-Length other than the body's.
+The core records every request with its Authorization and Host headers.
 
 `FakeCivitai` and `FakeReplicate` put the sites' routes on two servers each, an API site and a storage
 host it redirects to, as the real ones do:
@@ -16,7 +16,7 @@ host it redirects to, as the real ones do:
   signed storage that rejects Authorization).
 - Replicate: `/<owner>/<model>[/versions/<v>]/_weights` (307 to a replicate.delivery-like tar URL).
 
-`lora_bytes` and `trainer_tar` build tiny valid safetensors files and the Replicate trainer's tar.
+`lora_bytes`, `trainer_tar` and `make_tar` build tiny valid safetensors files and the Replicate trainer's tar.
 """
 
 from __future__ import annotations
@@ -24,17 +24,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
-import socket
-import sys
 import tarfile
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TypeVar
-from urllib.parse import parse_qs, urlsplit
+
+from testkit.fakes.core import FakeSite, FileReply, RecordedRequest, Reply, Request, error, s3_error
+from testkit.fakes.faults import DropConnection, FailWith, Stall, WrongLength
 
 # -- test data -------------------------------------------------------------------------------------
 
@@ -79,11 +75,13 @@ def make_tar(members: Mapping[str, bytes], gzip: bool = False) -> bytes:
     return buffer.getvalue()
 
 
-# -- the generic server ------------------------------------------------------------------------------
+# -- a plain file host ----------------------------------------------------------------------------------------
 
 
 @dataclass
 class Route:
+    """What a plain server answers on one path."""
+
     status: int = 200
     body: bytes = b""
     content_type: str = "application/octet-stream"
@@ -100,116 +98,51 @@ class Route:
     def etag(self) -> str:
         return f'"{hashlib.sha256(self.body).hexdigest()[:32]}"'
 
+    def answer(self, request: Request) -> Reply | FileReply:
+        self._check_credentials(request)
+        headers = {"Content-Type": self.content_type, **self.headers}
+        if self.file:
+            return FileReply(self.body, request.path, headers, self.etag, self.ranges)
+        if self.location is not None:
+            headers["Location"] = self.location
+        return Reply(self.status, self.body, headers)
 
-@dataclass(frozen=True)
-class RecordedRequest:
-    method: str
-    path: str
-    query: str
-    authorization: str | None
-    range: str | None
-    if_range: str | None
-    status: int
-    host: str | None = None
-
-
-@dataclass(kw_only=True)
-class Fault:
-    """Something that goes wrong on requests for `path`, `times` times (None: until reset)."""
-
-    path: str
-    times: int | None = 1
-    hits: int = 0
-
-    def applies(self, **context: int) -> bool:
-        return True
+    def _check_credentials(self, request: Request) -> None:
+        auth = request.authorization
+        if self.token is not None and auth != f"Bearer {self.token}":
+            raise error(401, "Unauthorized")
+        if self.reject_auth and auth is not None:
+            # What S3 answers to a presigned URL that also carries an Authorization header.
+            raise s3_error(400, "InvalidArgument", "Only one auth mechanism allowed")
+        if self.signature is not None and request.query.get("sig") != self.signature:
+            raise s3_error(403, "SignatureDoesNotMatch")
 
 
-@dataclass(kw_only=True)
-class Stall(Fault):
-    """Send the headers and `after_bytes` of the body, then go silent for `seconds` and hang up."""
+class FakeServer(FakeSite):
+    """A plain file host on loopback: a table of exact-path routes, and the faults of faults.py by path."""
 
-    after_bytes: int
-    seconds: float
-
-
-@dataclass(kw_only=True)
-class WrongLength(Fault):
-    """Announce `announced` as the Content-Length (None: no Content-Length at all) while sending the real
-    body, then hang up."""
-
-    announced: int | None
-
-
-@dataclass(kw_only=True)
-class DropConnection(Fault):
-    """Close the connection once the body reaches byte `after_bytes`; a shorter body goes through whole."""
-
-    after_bytes: int
-
-    def applies(self, *, end: int, **context: int) -> bool:
-        return self.after_bytes < end
-
-
-@dataclass(kw_only=True)
-class FailWith(Fault):
-    """Answer `status` instead of the route, `times` times (a 503 during a deploy, a 429 burst)."""
-
-    status: int
-    headers: dict[str, str] = field(default_factory=dict)  # e.g. Retry-After
-
-
-FaultT = TypeVar("FaultT", bound=Fault)
-
-
-_RANGE = re.compile(r"bytes=(\d+)-$")
-_NO_LENGTH = -1  # send no Content-Length: the body ends when the connection closes
-
-
-class FakeServer:
     def __init__(self) -> None:
+        super().__init__()
         self.routes: dict[str, Route] = {}
-        self.faults: list[Fault] = []
-        self._requests: list[RecordedRequest] = []
-        self._lock = threading.Lock()
-        self._released = threading.Event()  # ends every stall at once: on reset() and close()
-        self._server: _Server | None = None
 
-    def start(self) -> FakeServer:
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.fake = self
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
-        return self
-
-    def close(self) -> None:
-        self._released.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    def __enter__(self) -> FakeServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def base_url(self) -> str:
-        assert self._server is not None, "start() the server first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+    def answer(self, request: Request) -> Reply | FileReply:
+        route = self.routes.get(request.path)
+        if route is None:
+            raise error(404, "Not found")
+        if route.delay:
+            time.sleep(route.delay)  # before any byte: concurrent callers overlap, a long one is a silent host
+        return self.failure(request.path) or route.answer(request)
 
     def url(self, path: str) -> str:
         return f"{self.base_url}{path}"
 
     def reset(self) -> None:
         """Forget routes, faults and requests: one server can then serve many tests."""
-        self._released.set()
-        with self._lock:
-            self.routes.clear()
-            self.faults.clear()
-            self._requests.clear()
-        self._released = threading.Event()
+        super().reset()
+        self.routes.clear()
+
+    def gets(self, path: str) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.method == "GET" and r.path == path]
 
     # -- routes ----------------------------------------------------------------------------------
 
@@ -229,191 +162,46 @@ class FakeServer:
         self.routes[path] = Route(status, location=location, **options)
         return self.url(path)
 
+    # -- faults ----------------------------------------------------------------------------------
+
     def drop_connection(self, path: str, after_bytes: int, times: int | None = 1) -> DropConnection:
-        return self.inject(DropConnection(path=path, after_bytes=after_bytes, times=times))
+        return self.inject(DropConnection(target=path, after_bytes=after_bytes, times=times))
 
     def stall(self, path: str, after_bytes: int, seconds: float = 30.0, times: int | None = 1) -> Stall:
-        return self.inject(Stall(path=path, after_bytes=after_bytes, seconds=seconds, times=times))
+        return self.inject(Stall(target=path, after_bytes=after_bytes, seconds=seconds, times=times))
 
     def wrong_length(self, path: str, announced: int | None, times: int | None = 1) -> WrongLength:
-        return self.inject(WrongLength(path=path, announced=announced, times=times))
+        return self.inject(WrongLength(target=path, announced=announced, times=times))
 
     def fail(self, path: str, status: int, times: int = 1, headers: dict[str, str] | None = None) -> FailWith:
-        return self.inject(FailWith(path=path, status=status, times=times, headers=dict(headers or {})))
+        return self.inject(FailWith(target=path, status=status, times=times, headers=dict(headers or {})))
 
-    def inject(self, fault: FaultT) -> FaultT:
-        with self._lock:
-            self.faults.append(fault)
-        return fault
 
-    def wait_released(self, seconds: float) -> None:
-        self._released.wait(seconds)
+class _ApiAndStorage:
+    """An API site on `site` whose downloads redirect to a storage host on `storage`, as CivitAI's and
+    Replicate's do. `token`, when set, is demanded by the API routes added while it is set."""
 
-    # -- records ---------------------------------------------------------------------------------
+    def __init__(self, token: str | None = None) -> None:
+        self.site = FakeServer().start()
+        self.storage = FakeServer().start()
+        self.token = token
 
     @property
-    def requests(self) -> list[RecordedRequest]:
-        with self._lock:
-            return list(self._requests)
+    def base_url(self) -> str:
+        return self.site.base_url
 
-    def clear_requests(self) -> None:
-        with self._lock:
-            self._requests.clear()
+    @property
+    def servers(self) -> tuple[FakeServer, FakeServer]:
+        return self.site, self.storage
 
-    def gets(self, path: str) -> list[RecordedRequest]:
-        return [r for r in self.requests if r.method == "GET" and r.path == path]
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
 
-    def record(self, request: RecordedRequest) -> None:
-        with self._lock:
-            self._requests.append(request)
-
-    def claim(self, kind: type[FaultT], path: str, **context: int) -> FaultT | None:
-        """The first fault of `kind` that acts on this request, counted as hit; None if none does."""
-        with self._lock:
-            for fault in self.faults:
-                usable = fault.times is None or fault.hits < fault.times
-                if isinstance(fault, kind) and fault.path == path and usable and fault.applies(**context):
-                    fault.hits += 1
-                    return fault
-        return None
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    fake: FakeServer
-
-    def handle_error(self, request, client_address) -> None:
-        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
-            return  # a client that gave up mid-answer (a size cap, a timeout): what those tests want
-        super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-    timeout = 30
-
-    def setup(self) -> None:
-        super().setup()
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self._serve(send_body=True)
-
-    def do_HEAD(self) -> None:
-        self._serve(send_body=False)
-
-    def _serve(self, send_body: bool) -> None:
-        url = urlsplit(self.path)
-        route = self.server.fake.routes.get(url.path)
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        status, body, headers = self._answer(route, query)
-        if status in (200, 206) and route is not None and route.file:
-            self._send_file(route, url.path, status, body, headers, send_body)
-            return
-        self._send(url, status, headers, body if send_body else b"")
-
-    def _answer(self, route: Route | None, query: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
-        auth = self.headers.get("Authorization")
-        if route is None:
-            return 404, b'{"error": "Not found"}', {"Content-Type": "application/json"}
-        if route.delay:
-            time.sleep(route.delay)
-        failure = self.server.fake.claim(FailWith, urlsplit(self.path).path)
-        if failure is not None:
-            page = b"<html><body>Service Unavailable</body></html>"
-            return failure.status, page, {"Content-Type": "text/html", **failure.headers}
-        if route.token is not None and auth != f"Bearer {route.token}":
-            return 401, b'{"error": "Unauthorized"}', {"Content-Type": "application/json"}
-        if route.reject_auth and auth is not None:
-            return 400, b"<Error><Code>InvalidArgument</Code>Only one auth mechanism allowed</Error>", {}
-        if route.signature is not None and query.get("sig") != route.signature:
-            return 403, b"<Error><Code>SignatureDoesNotMatch</Code></Error>", {}
-        headers = {"Content-Type": route.content_type, **route.headers}
-        if route.location is not None:
-            headers["Location"] = route.location
-        return route.status, route.body, headers
-
-    def _send(self, url, status: int, headers: dict[str, str], body: bytes, length: int | None = None) -> None:
-        self.server.fake.record(
-            RecordedRequest(
-                self.command,
-                url.path,
-                url.query,
-                self.headers.get("Authorization"),
-                self.headers.get("Range"),
-                self.headers.get("If-Range"),
-                status,
-                self.headers.get("Host"),
-            )
-        )
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        if length != _NO_LENGTH:
-            self.send_header("Content-Length", str(len(body) if length is None else length))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _send_file(self, route: Route, path: str, status: int, body: bytes, headers: dict, send_body: bool) -> None:
-        start = self._range_start(route, len(body))
-        headers = dict(headers)
-        if route.ranges:
-            headers |= {"Accept-Ranges": "bytes", "ETag": route.etag}
-        if start:
-            status = 206
-            headers["Content-Range"] = f"bytes {start}-{len(body) - 1}/{len(body)}"
-        part = body[start:]
-        url = urlsplit(self.path)
-        if send_body and self._faulty_send(url, path, status, headers, part):
-            return
-        fault = self.server.fake.claim(DropConnection, path, end=len(body)) if send_body else None
-        cut = None if fault is None else max(fault.after_bytes - start, 0)
-        if cut is None:
-            self._send(url, status, headers, part if send_body else b"", len(part))
-            return
-        self._send(url, status, headers, part[:cut], len(part))
-        self.wfile.flush()
-        self.close_connection = True
-        self.connection.shutdown(socket.SHUT_RDWR)
-
-    def _faulty_send(self, url, path: str, status: int, headers: dict, part: bytes) -> bool:
-        """Serve a stall or a wrong Content-Length when one is due; True when it did."""
-        fake = self.server.fake
-        stall = fake.claim(Stall, path)
-        if stall is not None:
-            self._send(url, status, headers, part[: stall.after_bytes], len(part))
-            self.wfile.flush()
-            fake.wait_released(stall.seconds)
-            self._hang_up()
-            return True
-        wrong = fake.claim(WrongLength, path)
-        if wrong is not None:
-            self._send(url, status, headers, part, _NO_LENGTH if wrong.announced is None else wrong.announced)
-            self.wfile.flush()
-            self._hang_up()
-            return True
-        return False
-
-    def _hang_up(self) -> None:
-        self.close_connection = True
-        try:
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # the client left first
-
-    def _range_start(self, route: Route, size: int) -> int:
-        match = _RANGE.match(self.headers.get("Range", "").strip())
-        if not route.ranges or match is None:
-            return 0
-        if_range = self.headers.get("If-Range")
-        if if_range is not None and if_range != route.etag:
-            return 0  # the file changed: the whole file, as RFC 9110 says
-        start = int(match.group(1))
-        return start if start < size else 0
+    def reset(self, token: str | None = None) -> None:
+        for server in self.servers:
+            server.reset()
+        self.token = token
 
 
 # -- CivitAI -------------------------------------------------------------------------------------------
@@ -421,6 +209,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @dataclass
 class FakeVersion:
+    """One version of a fake CivitAI model: its file and what the API says of it."""
+
     id: int
     content: bytes
     base_model: str = "Flux.1 D"
@@ -430,26 +220,8 @@ class FakeVersion:
     pickle_only: bool = False  # the only file is a PickleTensor (.pt)
 
 
-class FakeCivitai:
+class FakeCivitai(_ApiAndStorage):
     """The CivitAI API on `site`, its signed file storage on `storage`."""
-
-    def __init__(self, token: str | None = None) -> None:
-        self.site = FakeServer().start()
-        self.storage = FakeServer().start()
-        self.token = token  # when set, the API and the download endpoint demand it
-
-    @property
-    def base_url(self) -> str:
-        return self.site.base_url
-
-    def close(self) -> None:
-        self.site.close()
-        self.storage.close()
-
-    def reset(self, token: str | None = None) -> None:
-        self.site.reset()
-        self.storage.reset()
-        self.token = token
 
     def add_model(self, model_id: int, versions: list[FakeVersion], name: str = "Test LoRA", type: str = "LORA"):
         model = {"id": model_id, "name": name, "type": type, "modelVersions": [self._version(v) for v in versions]}
@@ -490,70 +262,26 @@ class FakeCivitai:
 # -- Replicate ------------------------------------------------------------------------------------------
 
 
-class FakeReplicate:
-    """Replicate's `_weights` endpoints on `site`, redirecting to tars on `delivery`."""
-
-    def __init__(self, token: str | None = None) -> None:
-        self.site = FakeServer().start()
-        self.delivery = FakeServer().start()
-        self.token = token
+class FakeReplicate(_ApiAndStorage):
+    """Replicate's `_weights` endpoints on `site`, redirecting to tars on `delivery` (its storage host)."""
 
     @property
-    def base_url(self) -> str:
-        return self.site.base_url
-
-    def close(self) -> None:
-        self.site.close()
-        self.delivery.close()
-
-    def reset(self, token: str | None = None) -> None:
-        self.site.reset()
-        self.delivery.reset()
-        self.token = token
+    def delivery(self) -> FakeServer:
+        return self.storage
 
     def add_model(self, owner: str, model: str, tar: bytes, version: str | None = None) -> str:
         """Serve `tar` as the model's (or the version's) weights; returns the delivery URL."""
         digest = hashlib.sha256(tar).hexdigest()[:24]
         delivered = self.delivery.add_file(f"/pbxt/{digest}/trained_model.tar", tar)
-        suffix = f"/versions/{version}" if version else ""
-        self.site.add_redirect(f"/{owner}/{model}{suffix}/_weights", delivered, token=self.token)
+        self.site.add_redirect(_weights_path(owner, model, version), delivered, token=self.token)
         return delivered
 
-
-# -- a fetch in another process (multiprocessing needs an importable target) ---------------------------
-
-
-def fetch_in_process(cache_dir: str, environ: dict[str, str], source: str, barrier, results) -> None:
-    from pathlib import Path
-
-    from lora_loader import LoraFetcher, LoraSettings
-
-    settings = LoraSettings.from_env(environ)
-    fetcher = LoraFetcher(Path(cache_dir), settings.max_bytes, settings)
-    barrier.wait(timeout=30)
-    lora = fetcher.fetch(source)
-    results.put((str(lora.path), lora.sha256, lora.key))
+    def weights_url(self, owner: str, model: str, version: str | None = None) -> str:
+        """The delivery URL of a model's weights (what `_weights` redirects to; what COG_WEIGHTS is given)."""
+        location = self.site.routes[_weights_path(owner, model, version)].location
+        assert location is not None
+        return location
 
 
-def fetch_many_in_process(
-    cache_dir: str, environ: dict[str, str], sources: list[tuple[str, str]], in_use_seconds: float, barrier, results
-) -> None:
-    """Fetch each (source, expected sha256) in turn, reading every file back at once; report what was wrong."""
-    from pathlib import Path
-
-    from lora_loader import LoraFetcher, LoraSettings
-
-    settings = LoraSettings.from_env(environ)
-    fetcher = LoraFetcher(Path(cache_dir), settings.max_bytes, settings, in_use_seconds=in_use_seconds)
-    problems = []
-    barrier.wait(timeout=30)
-    for source, expected in sources:
-        try:
-            lora = fetcher.fetch(source)
-            with lora.path.open("rb") as f:  # what the adapter loader does next
-                digest = hashlib.file_digest(f, "sha256").hexdigest()
-            if digest != expected or lora.sha256 != expected:
-                problems.append(f"{source}: got {digest}, sidecar {lora.sha256}")
-        except Exception as error:  # reported to the test, which shows it
-            problems.append(f"{source}: {type(error).__name__}: {error}")
-    results.put(problems)
+def _weights_path(owner: str, model: str, version: str | None) -> str:
+    return f"/{owner}/{model}/versions/{version}/_weights" if version else f"/{owner}/{model}/_weights"
