@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import random
-import socket
 import types
 from pathlib import Path
 
 import huggingface_hub.file_download
 import pytest
 
+from testkit.fakes.core import free_port
 from testkit.fakes.hf_hub import FakeHub
 from weights.download import STAGING_DIR, WeightsDownloadError, ensure_weights
 from weights.layout import ALL_FOLDERS, FLUX_DEV, FLUX_SCHNELL, NSFW_CLASSIFIER, SAFETY_CHECKER, WeightsFolder
@@ -154,7 +154,7 @@ def test_required_files_alone_count_as_present(weights_dir: Path) -> None:
         (weights_dir / FLUX_SCHNELL.name / name).write_text("{}")
 
     # An endpoint nobody listens on: any request would fail the call.
-    paths = ensure_weights(weights_dir, [FLUX_SCHNELL], endpoint=f"http://127.0.0.1:{_free_port()}")
+    paths = ensure_weights(weights_dir, [FLUX_SCHNELL], endpoint=f"http://127.0.0.1:{free_port()}")
 
     assert paths == {FLUX_SCHNELL.name: weights_dir / FLUX_SCHNELL.name}
 
@@ -235,7 +235,7 @@ def test_unknown_repo_says_so(hub: FakeHub, weights_dir: Path) -> None:
 
 
 def test_unreachable_hub_says_so(weights_dir: Path) -> None:
-    endpoint = f"http://127.0.0.1:{_free_port()}"
+    endpoint = f"http://127.0.0.1:{free_port()}"
 
     with pytest.raises(WeightsDownloadError, match=f"Cannot reach the Hugging Face Hub at {endpoint}"):
         ensure_weights(weights_dir, [SAFETY_CHECKER], endpoint=endpoint)
@@ -314,12 +314,6 @@ def test_fake_hub_answers_the_other_huggingface_hub_calls(hub: FakeHub, tmp_path
     assert (Path(folder) / "a" / "b.json").read_bytes() == b"{}"
     with pytest.raises(RepositoryNotFoundError):
         HfApi(endpoint=hub.endpoint, token=False).model_info("someone/private-lora")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_large_files_log_their_progress_by_tenths(hub: FakeHub, weights_dir: Path, caplog, monkeypatch) -> None:
