@@ -10,18 +10,19 @@ function coglet looks up by name (on every prediction) to coerce those inputs:
 
 - http(s): a URLPath (a subclass of cog's) whose `fileobj` is a `GuardedDownload`. When coglet converts
   it (in its download threads, so inputs still download in parallel) the URL is fetched through
-  `lora_loader.http`: connections only to addresses the policy resolved and allowed, every redirect
-  checked again, connect and read timeouts, resume and bounded retries, at most
+  `guarded_download`, as LoRAs are: connections only to addresses the policy resolved and allowed, every
+  redirect checked again, connect and read timeouts, resume and bounded retries, at most
   `images.MAX_INPUT_BYTES` (from Content-Length and while streaming). Only then does cog's own convert
   create its temp file and copy into it; cog's convert creates the file first and leaves it behind when
   the copy fails, so downloading first also means a failed download leaves no file.
 - data: URIs whose base64 is longer than that cap allows are refused before cog decodes them.
 - anything else goes to cog's own validate.
 
-A refusal raises a `LoraError` (a ValueError); coglet fails that prediction with "Input validation error:
-<our message>" and the worker stays ready for the next one. LORA_ALLOW_PRIVATE_URLS=1 lets image URLs
-reach private addresses too (tests, local mirrors). This module never imports cog (docs/DESIGN.md, "Architecture": only
-predict.py does); predict.py hands it `cog.types`.
+A refusal raises a `UserInputError` (a ValueError); coglet fails that prediction with "Input validation
+error: <our message>" and the worker stays ready for the next one. The policy and timeouts come from the
+`ServerConfig` that predict.py's setup hands to `install` (LORA_ALLOW_PRIVATE_URLS=1 lets image URLs reach
+private addresses too: tests, local mirrors). This module never imports cog (docs/DESIGN.md,
+"Architecture": only predict.py does); predict.py hands it `cog.types`.
 
 Strings that are not URLs never reach `validate`: coglet passes them to predict() as plain `str`, which
 would make the server open its own files ("/etc/passwd", another request's outputs). `require_file`
@@ -34,17 +35,25 @@ import io
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
-from lora_loader.errors import LoraError
-from lora_loader.http import HttpStatusError, RetryPolicy, SizeLimit, Timeouts, download, format_size, make_client
-from lora_loader.netpolicy import AddressPolicy
-from lora_loader.settings import LoraSettings
-from lora_loader.sources import redact_url
+from guarded_download import (
+    AddressPolicy,
+    DownloadError,
+    HTTPStatusError,
+    RetryPolicy,
+    SizeLimit,
+    Timeouts,
+    download,
+    format_size,
+    make_client,
+    redact_url,
+)
+from serverconfig import ServerConfig
+from serverconfig.downloads import address_policy, timeouts, with_advice
 
 from .errors import UserInputError
 from .images import MAX_INPUT_BYTES
@@ -75,7 +84,7 @@ class GuardedDownload(io.RawIOBase):
         return True
 
     def fetch(self) -> None:
-        """Download now (the first read would otherwise); LoraError when the URL cannot be had."""
+        """Download now (the first read would otherwise); UserInputError when the URL cannot be had."""
         if self._file is None:
             self._file = self._download()
 
@@ -98,40 +107,45 @@ class GuardedDownload(io.RawIOBase):
             with make_client(self.policy, self.timeouts) as client:
                 download(client, self.url, path, headers={}, what=SUBJECT, limit=self.limit, retry=self.retry)
             return path.open("rb")
-        except HttpStatusError as error:
-            raise LoraError(
+        except HTTPStatusError as error:
+            raise UserInputError(
                 f"The input image URL {error.url} answered HTTP {error.status}. Check that the URL is public and "
                 "still valid (signed URLs expire)."
             ) from None
+        except DownloadError as error:
+            raise UserInputError(with_advice(error)) from error
         finally:
             path.unlink(missing_ok=True)
 
 
-def install(cog_types: ModuleType, environ: Mapping[str, str] | None = None) -> None:
-    """Wrap `cog_types.Path.validate` so URL inputs download under the policy; idempotent. The settings
-    are read at the first URL, so importing predict.py never fails on them."""
+def install(cog_types: ModuleType, config: ServerConfig) -> None:
+    """Wrap `cog_types.Path.validate` so URL inputs download under `config`'s policy and timeouts. Installing
+    again (another setup in the same process) only replaces the configuration: it never wraps twice."""
     path_type = cog_types.Path
-    original = path_type.validate
-    if getattr(original, "_guarded", False):
+    guard = _Guard.from_config(config)
+    installed = getattr(path_type.validate, "_guard", None)
+    if installed is not None:
+        installed[0] = guard
         return
-    guard: list[_Guard] = []
+    original = path_type.validate
+    current = [guard]
     url_path_type = _downloading_first(cog_types.URLPath)
 
     def validate(cls: type, value: Any) -> Any:
         if isinstance(value, str):
             scheme = urlsplit(value).scheme.lower()
             if scheme in ("http", "https"):
-                if not guard:
-                    guard.append(_Guard.from_env(os.environ if environ is None else environ))
-                return url_path_type(source=value, filename=cog_types.get_filename(value), fileobj=guard[0].open(value))
+                return url_path_type(
+                    source=value, filename=cog_types.get_filename(value), fileobj=current[0].open(value)
+                )
             if scheme == "data" and len(value) > MAX_INPUT_BYTES * 4 // 3 + _DATA_URI_SLACK:
-                raise LoraError(
+                raise UserInputError(
                     f"The data: URI of an input image is {format_size(len(value))} of base64, more than an input "
                     f"image may be ({format_size(MAX_INPUT_BYTES)}). Send a smaller image."
                 )
         return original(value)
 
-    validate._guarded = True  # type: ignore[attr-defined]
+    validate._guard = current  # type: ignore[attr-defined]
     path_type.validate = classmethod(validate)
 
 
@@ -163,11 +177,10 @@ class _Guard:
         )
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> _Guard:
-        settings = LoraSettings.from_env(environ)
-        policy = AddressPolicy(allow_private=settings.allow_private_urls, subject=SUBJECT)
+    def from_config(cls, config: ServerConfig) -> _Guard:
+        policy = address_policy(config, SUBJECT)
         logger.debug("Image URL inputs download through the address policy (private allowed: %s)", policy.allow_private)
-        return cls(policy, Timeouts(connect=settings.connect_timeout, read=settings.read_timeout))
+        return cls(policy, timeouts(config))
 
     def open(self, url: str) -> GuardedDownload:
         return GuardedDownload(url, self.policy, self.timeouts, self.limit)

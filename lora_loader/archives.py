@@ -18,8 +18,9 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from guarded_download import SizeLimit
+
 from .errors import LoraError
-from .http import SizeLimit
 
 MAX_CONFIG_BYTES = 1_000_000
 CONFIG_NAME = "config.yaml"

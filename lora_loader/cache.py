@@ -15,13 +15,13 @@ sidecar, whose mtime is the LRU clock. Writers take the entry lock and look agai
 so callers that race on one LoRA wait for the first one's download instead of repeating it.
 
 Eviction removes least recently used entries until the new one fits. An entry used in the last
-`in_use_seconds` counts as in use (its caller may still be loading it, in this or another process), as
-does one whose lock someone holds; those are skipped even if the cache then stays over its cap for a
-while, which is logged. The evictor looks at the entry's last use again once it holds the entry's lock,
-and a lookup whose mark-as-used finds the entry gone reports a miss, so a lookup racing an eviction in
-another process gets a fresh download rather than a path that is about to vanish. A file larger than
-the whole cap is refused before it is committed. Keys are hashes, so no source string, let alone a
-token, ends up in a file name.
+`in_use_seconds` (LORA_CACHE_IN_USE_SECONDS, 60 s by default; 0 turns the window off) counts as in use
+(its caller may still be loading it, in this or another process), as does one whose lock someone holds;
+those are skipped even if the cache then stays over its cap for a while, which is logged. The evictor
+looks at the entry's last use again once it holds the entry's lock, and a lookup whose mark-as-used finds
+the entry gone reports a miss, so a lookup racing an eviction in another process gets a fresh download
+rather than a path that is about to vanish. A file larger than the whole cap is refused before it is
+committed. Keys are hashes, so no source string, let alone a token, ends up in a file name.
 
 A full disk fails the write that hit it; the work folder (with whatever part was written) is removed
 when the writer's `writing()` block ends, so nothing partial is ever left under `entries/` or `tmp/`.
@@ -43,8 +43,10 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from guarded_download import format_size
+
 from .errors import LoraError
-from .http import cache_limit, format_size
+from .limits import cache_limit
 from .validate import check_safetensors
 
 logger = logging.getLogger(__name__)
@@ -53,7 +55,6 @@ LORA_FILE = "lora.safetensors"
 SIDECAR = "entry.json"
 SIDECAR_FORMAT = 1
 LOCK_TIMEOUT_S = 1800.0  # waiting on another caller's download; flock frees a dead holder's lock at once
-DEFAULT_IN_USE_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class CacheEntry:
 
 
 class LoraCache:
-    def __init__(self, root: Path, max_bytes: int, *, in_use_seconds: float = DEFAULT_IN_USE_SECONDS) -> None:
+    def __init__(self, root: Path, max_bytes: int, *, in_use_seconds: float) -> None:
         self.root = Path(root).expanduser().absolute()
         self.max_bytes = max_bytes
         self.in_use_seconds = in_use_seconds

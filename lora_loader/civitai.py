@@ -8,7 +8,7 @@ one, and in it the primary file of type Model in SafeTensor format. A download l
 with `type=Model&format=SafeTensor` unless the link chose a file itself; its version's metadata
 (`/api/v1/model-versions/<id>`) gives the trigger words and the base model, best effort. 404s say which
 id was probably given; 401/403 say that a token is needed. The token goes in an `Authorization: Bearer`
-header, which httpx drops when the download endpoint redirects (307) to signed storage on another host.
+header, which httpx2 drops when the download endpoint redirects (307) to signed storage on another host.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-import httpx
+import httpx2
+
+from guarded_download import HTTPStatusError, RetryPolicy, bearer, get_json
 
 from .errors import LoraError
-from .http import HttpStatusError, RetryPolicy, bearer, get_json
 from .sources import CivitaiModel, CivitaiVersion
 from .triggers import merge, split_words
 
@@ -39,11 +40,11 @@ class CivitaiDownload:
 
 
 def resolve_model(
-    client: httpx.Client, source: CivitaiModel, base_url: str, token: str | None, retry: RetryPolicy
+    client: httpx2.Client, source: CivitaiModel, base_url: str, token: str | None, retry: RetryPolicy
 ) -> CivitaiDownload:
     try:
         model = get_json(client, f"{base_url}/api/v1/models/{source.model_id}", bearer(token), retry)
-    except HttpStatusError as error:
+    except HTTPStatusError as error:
         raise explain_status(error, source, token) from None
     if not isinstance(model, dict) or not isinstance(model.get("modelVersions"), list):
         raise LoraError(f"CivitAI's answer for model {source.model_id} has no versions. Check CIVITAI_BASE_URL.")
@@ -67,13 +68,13 @@ def resolve_model(
 
 
 def resolve_version(
-    client: httpx.Client, source: CivitaiVersion, base_url: str, token: str | None, retry: RetryPolicy
+    client: httpx2.Client, source: CivitaiVersion, base_url: str, token: str | None, retry: RetryPolicy
 ) -> CivitaiDownload:
     query = source.query or DEFAULT_FILE_QUERY
     url = f"{base_url}/api/download/models/{source.version_id}?{query}"
     try:
         version = get_json(client, f"{base_url}/api/v1/model-versions/{source.version_id}", bearer(token), retry)
-    except HttpStatusError as error:
+    except HTTPStatusError as error:
         if error.status == 404:
             raise explain_status(error, source, token) from None
         logger.info("LoRA %s: no version metadata (HTTP %s); downloading anyway", source.display, error.status)
@@ -86,7 +87,7 @@ def resolve_version(
     return CivitaiDownload(url, source.version_id, words, _details(version))
 
 
-def explain_status(error: HttpStatusError, source: CivitaiModel | CivitaiVersion, token: str | None) -> LoraError:
+def explain_status(error: HTTPStatusError, source: CivitaiModel | CivitaiVersion, token: str | None) -> LoraError:
     """Advice for a CivitAI error status, naming the id kind the URL needs."""
     if error.status in (401, 403):
         if token:

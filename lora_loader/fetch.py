@@ -8,10 +8,13 @@ its trigger words collected (`triggers`), and committed as a cache entry. Local 
 place and not copied, and only from the folders LORA_LOCAL_DIRS names: the LoRA string comes from whoever
 sends the prediction, and a path is a way to read the server's own files.
 
+Downloads go through `guarded_download` (address policy, pinned connections, resume, retries), configured
+from the `ServerConfig` the fetcher is given; its errors reach the user as LoraErrors, worded by each site
+where a status needs explaining, with the operator's advice from `serverconfig.downloads` otherwise.
 Limits: every file is held to the tighter of LORA_MAX_FILE_BYTES and LORA_CACHE_MAX_BYTES, from the
-announced size before downloading and from the bytes while downloading (`http.SizeLimit`), for data: URIs
-and tar members too. A full disk is a LoraError that says so; the entry's work folder is removed with
-whatever part was written.
+announced size before downloading and from the bytes while downloading (`guarded_download.SizeLimit`), for
+data: URIs and tar members too. A full disk is a LoraError that says so; the entry's work folder is removed
+with whatever part was written.
 
 Cache keys: `<kind>-<hash>` of the source's normalized identity, the endpoint it resolves against, and
 the token scope (a short hash of the token sent, or "anonymous"), so a file fetched with a token is
@@ -26,30 +29,30 @@ import errno
 import hashlib
 import logging
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+import httpx2
 
-from . import civitai, huggingface
-from .archives import extract_lora, is_tar
-from .cache import DEFAULT_IN_USE_SECONDS, CacheEntry, LoraCache
-from .errors import LoraError
-from .http import (
-    HttpStatusError,
+from guarded_download import (
+    AddressPolicy,
+    DownloadError,
+    HTTPStatusError,
     RetryPolicy,
     SizeLimit,
-    Timeouts,
     bearer,
-    cache_limit,
     download,
-    file_limit,
     format_size,
     make_client,
 )
-from .netpolicy import AddressPolicy
-from .settings import LoraSettings
+from serverconfig import ServerConfig
+from serverconfig.downloads import address_policy, timeouts, with_advice
+
+from . import civitai, huggingface
+from .archives import extract_lora, is_tar
+from .cache import CacheEntry, LoraCache
+from .errors import LoraError
+from .limits import cache_limit, file_limit
 from .sources import (
     CivitaiModel,
     CivitaiVersion,
@@ -67,6 +70,7 @@ from .validate import check_safetensors
 logger = logging.getLogger(__name__)
 
 ANONYMOUS = "anonymous"
+SUBJECT = "a LoRA"  # how the address policy's refusals name what was downloaded
 
 
 @dataclass(frozen=True)
@@ -90,33 +94,32 @@ class _Fetched:
 
 
 class LoraFetcher:
-    def __init__(
-        self,
-        cache_dir: Path,
-        max_bytes: int,
-        settings: LoraSettings,
-        *,
-        retry: RetryPolicy | None = None,
-        policy: AddressPolicy | None = None,
-        in_use_seconds: float = DEFAULT_IN_USE_SECONDS,
-    ) -> None:
-        self.settings = settings
-        self.cache = LoraCache(cache_dir, max_bytes, in_use_seconds=in_use_seconds)
-        self.retry = retry or RetryPolicy()
-        self.policy = policy or AddressPolicy(allow_private=settings.allow_private_urls)
-        self.timeouts = Timeouts(connect=settings.connect_timeout, read=settings.read_timeout)
-        self.limit = SizeLimit.tightest(cache_limit(max_bytes), file_limit(settings.max_file_bytes))
-        self._local_hashes: dict[tuple[str, int, int], str] = {}
+    """Fetches LoRAs as `config` says: its cache, limits, tokens, endpoints and download settings.
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> LoraFetcher:
-        settings = LoraSettings.from_env(environ)
-        return cls(settings.cache_dir, settings.max_bytes, settings)
+    `retry` and `policy` replace the downloader's defaults (tests use short backoffs and trusted networks).
+    """
+
+    def __init__(
+        self, config: ServerConfig, *, retry: RetryPolicy | None = None, policy: AddressPolicy | None = None
+    ) -> None:
+        self.config = config
+        self.cache = LoraCache(
+            config.lora_cache_dir, config.lora_cache_max_bytes, in_use_seconds=config.lora_cache_in_use_seconds
+        )
+        self.retry = retry or RetryPolicy()
+        self.policy = policy or address_policy(config, SUBJECT)
+        self.timeouts = timeouts(config)
+        self.limit = SizeLimit.tightest(
+            cache_limit(config.lora_cache_max_bytes), file_limit(config.lora_max_file_bytes)
+        )
+        self._local_hashes: dict[tuple[str, int, int], str] = {}
 
     def fetch(self, source: str) -> LoraFile:
         """The validated LoRA file `source` names; LoraError with advice when it cannot be had."""
         try:
             return self._fetch(parse_source(source))
+        except DownloadError as error:  # the downloader's words (a site's statuses were worded already)
+            raise LoraError(self._redact(with_advice(error))) from error
         except LoraError as error:
             redacted = self._redact(str(error))
             if redacted != str(error):
@@ -203,38 +206,38 @@ class LoraFetcher:
 
     # -- kinds -----------------------------------------------------------------------------------
 
-    def _fetch_replicate(self, client: httpx.Client, src: ReplicateModel, work: Path) -> _Fetched:
-        token = self.settings.replicate_token
-        url = src.weights_url(self.settings.replicate_base_url)
+    def _fetch_replicate(self, client: httpx2.Client, src: ReplicateModel, work: Path) -> _Fetched:
+        token = self.config.replicate_token
+        url = src.weights_url(self.config.replicate_base_url)
         try:
             payload = self._download(client, url, work, src.display, bearer(token))
-        except HttpStatusError as error:
-            raise _replicate_error(error, src, token, self.settings.replicate_base_url) from None
+        except HTTPStatusError as error:
+            raise _replicate_error(error, src, token, self.config.replicate_base_url) from None
         return _Fetched(payload, archive_allowed=True)
 
-    def _fetch_civitai(self, client: httpx.Client, src: CivitaiModel | CivitaiVersion, work: Path) -> _Fetched:
-        token, base = self._token_for(src), self.settings.civitai_base_url
+    def _fetch_civitai(self, client: httpx2.Client, src: CivitaiModel | CivitaiVersion, work: Path) -> _Fetched:
+        token, base = self._token_for(src), self.config.civitai_base_url
         resolve = civitai.resolve_model if isinstance(src, CivitaiModel) else civitai.resolve_version
         target = resolve(client, src, base, token, self.retry)
         try:
             payload = self._download(client, target.url, work, src.display, bearer(token))
-        except HttpStatusError as error:
+        except HTTPStatusError as error:
             raise civitai.explain_status(error, CivitaiVersion(target.version_id, token=src.token), token) from None
         return _Fetched(payload, False, target.trigger_words, target.details)
 
-    def _fetch_url(self, client: httpx.Client, src: HttpFile, work: Path) -> _Fetched:
+    def _fetch_url(self, client: httpx2.Client, src: HttpFile, work: Path) -> _Fetched:
         try:
             payload = self._download(client, src.url, work, src.display, {})
-        except HttpStatusError as error:
+        except HTTPStatusError as error:
             raise _url_error(error, src) from None
         return _Fetched(payload, archive_allowed=src.archive)
 
     def _fetch_hf(self, src: HuggingFaceFile, work: Path) -> _Fetched:
-        settings = self.settings
-        got = huggingface.download(src, work, endpoint=settings.hf_endpoint, token=settings.hf_token, limit=self.limit)
+        config = self.config
+        got = huggingface.download(src, work, endpoint=config.hf_endpoint, token=config.hf_token, limit=self.limit)
         return _Fetched(got.path, False, got.trigger_words, {"hf_file": got.filename})
 
-    def _download(self, client: httpx.Client, url: str, work: Path, what: str, headers: dict[str, str]) -> Path:
+    def _download(self, client: httpx2.Client, url: str, work: Path, what: str, headers: dict[str, str]) -> Path:
         dest = work / "download.part"
         download(client, url, dest, headers=headers, what=f"LoRA {what}", limit=self.limit, retry=self.retry)
         return dest
@@ -256,7 +259,7 @@ class LoraFetcher:
     def _allowed_local(self, path: Path, shown: str) -> Path:
         """`path` with links resolved, if it lies in a LORA_LOCAL_DIRS folder; checked before anything is
         read, so a refused path says nothing about what exists there."""
-        folders = self.settings.local_dirs
+        folders = self.config.lora_local_dirs
         if not folders:
             raise LoraError(
                 f"Local LoRA paths ({shown}) are not allowed on this server. Use a URL, a Hugging Face, CivitAI or "
@@ -287,10 +290,10 @@ class LoraFetcher:
         if isinstance(src, CivitaiModel | CivitaiVersion) and src.token:
             return src.token
         return {
-            ReplicateModel: self.settings.replicate_token,
-            HuggingFaceFile: self.settings.hf_token,
-            CivitaiModel: self.settings.civitai_token,
-            CivitaiVersion: self.settings.civitai_token,
+            ReplicateModel: self.config.replicate_token,
+            HuggingFaceFile: self.config.hf_token,
+            CivitaiModel: self.config.civitai_token,
+            CivitaiVersion: self.config.civitai_token,
         }.get(type(src))
 
     def _token_scope(self, src: Source) -> str:
@@ -299,9 +302,9 @@ class LoraFetcher:
 
     def _key(self, src: Source, scope: str) -> str:
         endpoint = {
-            "replicate": self.settings.replicate_base_url,
-            "hf": self.settings.hf_endpoint,
-            "civitai": self.settings.civitai_base_url,
+            "replicate": self.config.replicate_base_url,
+            "hf": self.config.hf_endpoint,
+            "civitai": self.config.civitai_base_url,
         }.get(src.kind, "")
         identity = src.identity
         if isinstance(src, LocalPath):  # a changed file is a new entry
@@ -312,7 +315,7 @@ class LoraFetcher:
 
     def _redact(self, message: str) -> str:
         # Our messages never include a token; library text quoted in them is not ours to vouch for.
-        for token in (self.settings.hf_token, self.settings.civitai_token, self.settings.replicate_token):
+        for token in (self.config.hf_token, self.config.civitai_token, self.config.replicate_token):
             if token:
                 message = message.replace(token, "***")
         return message
@@ -327,7 +330,7 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _replicate_error(error: HttpStatusError, src: ReplicateModel, token: str | None, base: str) -> LoraError:
+def _replicate_error(error: HTTPStatusError, src: ReplicateModel, token: str | None, base: str) -> LoraError:
     if error.status in (401, 403):
         if token:
             return LoraError(
@@ -348,7 +351,7 @@ def _replicate_error(error: HttpStatusError, src: ReplicateModel, token: str | N
     return LoraError(f"Replicate answered HTTP {error.status} for {src.display}. Try again later.")
 
 
-def _url_error(error: HttpStatusError, src: HttpFile) -> LoraError:
+def _url_error(error: HTTPStatusError, src: HttpFile) -> LoraError:
     if error.status in (401, 403):
         return LoraError(
             f"{src.display} refused the download (HTTP {error.status}): the URL needs credentials. Use a public "

@@ -1,6 +1,7 @@
 """Hugging Face LoRAs through huggingface_hub: pick the file of a repo, download it, explain failures.
 
-huggingface_hub does the HTTP (its own resume, retries, CDN redirects and typed errors); we pass
+huggingface_hub does the HTTP (its own resume, retries, CDN redirects and typed errors); its failures are
+worded by `hub_errors`, as for the base weights, and end with the advice a LoRA user needs. We pass
 `endpoint=` and `token=` on every call because it reads HF_ENDPOINT once at import and would otherwise
 fall back to a token saved on disk. Never `login()`: that is process-wide and writes the token to disk.
 The file's size comes from the Hub's metadata (one HEAD) and is checked against the size limit before
@@ -23,25 +24,20 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 import httpx2  # huggingface_hub's HTTP client: its transport errors are what a network failure raises
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url
-from huggingface_hub.errors import (
-    GatedRepoError,
-    HfHubHTTPError,
-    LocalEntryNotFoundError,
-    OfflineModeIsEnabled,
-    RemoteEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
+from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import tqdm as hf_tqdm
 
+import hub_errors
+from guarded_download import DownloadError, SizeLimit, format_size
+
 from .errors import LoraError
-from .http import SizeLimit, format_size
 from .sources import HuggingFaceFile
 from .triggers import from_model_card
 
@@ -51,7 +47,12 @@ NON_LORA_MARKERS = ("optimizer", "scheduler", "checkpoint", "diffusion_pytorch_m
 PREFERRED_NAMES = ("pytorch_lora_weights.safetensors", "lora.safetensors")
 OTHER_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".gguf")
 _STEP_SUFFIX = re.compile(r"^(?P<stem>.+?)[_-]\d+$")
-TOKENS_PAGE = "https://huggingface.co/settings/tokens"
+# The advice a LoRA user gets after the Hub's explanation, by kind; other kinds need none.
+ENDINGS = {
+    hub_errors.Kind.OFFLINE: ", or give the LoRA as a local path",
+    hub_errors.Kind.FILE_NOT_FOUND: ", or give huggingface.co/{repo} to pick the LoRA automatically",
+    hub_errors.Kind.INTERRUPTED: ". Try again",
+}
 
 
 @dataclass(frozen=True)
@@ -121,44 +122,26 @@ class _SilentProgress(hf_tqdm):
 def download(source: HuggingFaceFile, work: Path, *, endpoint: str, token: str | None, limit: SizeLimit) -> HfDownload:
     """Download the LoRA of `source` into `work`; LoraError for anything the user can fix."""
     token_arg: str | bool = token if token else False  # False: never a token saved on disk
-    try:
-        return _download(source, work, endpoint, token_arg, limit)
-    except LoraError:
-        raise
-    except Exception as error:
-        explained = explain(error, source, endpoint, token)
-        if explained is None:
-            raise
-        raise explained from error
-
-
-def _download(source: HuggingFaceFile, work: Path, endpoint: str, token: str | bool, limit: SizeLimit) -> HfDownload:
-    filename, triggers = source.filename, ()
-    if filename is None:
-        files = HfApi(endpoint=endpoint, token=token).list_repo_files(source.repo_id, revision=source.revision)
-        filename, candidates = choose_lora(files)
-        if filename is None:
-            name_hint = f"huggingface.co/{source.repo_id}/blob/{source.revision}/{{file}}"
-            raise ambiguity_error(source.display, candidates, files, name_hint)
-        logger.info("LoRA %s: using %s", source.display, filename)
-        if "README.md" in files:
-            triggers = _card_triggers(source, work, endpoint, token)
-    what = f"LoRA {source.display} ({filename})"
-    url = hf_hub_url(source.repo_id, filename, revision=source.revision, endpoint=endpoint)
-    metadata = get_hf_file_metadata(url, token=token, endpoint=endpoint, retry_on_errors=True)
-    if metadata.size is not None:
-        limit.check(what, metadata.size)
+    call = hub_errors.HubCall(source.repo_id, endpoint, token, source.display, source.revision, source.filename)
+    with _explained(call):
+        filename, triggers = _choose(source, work, endpoint, token_arg)
+        what = f"LoRA {source.display} ({filename})"
+        url = hf_hub_url(source.repo_id, filename, revision=source.revision, endpoint=endpoint)
+        metadata = get_hf_file_metadata(url, token=token_arg, endpoint=endpoint, retry_on_errors=True)
+        if metadata.size is not None:
+            limit.check(what, metadata.size)  # before any byte is downloaded
     started = time.monotonic()
     logger.info("LoRA %s: downloading %s from %s", source.display, filename, endpoint)
-    local = hf_hub_download(
-        source.repo_id,
-        filename,
-        revision=source.revision,
-        local_dir=work / "hf",
-        endpoint=endpoint,
-        token=token,
-        tqdm_class=_SilentProgress,
-    )
+    with _explained(replace(call, filename=filename, transferring=True)):
+        local = hf_hub_download(
+            source.repo_id,
+            filename,
+            revision=source.revision,
+            local_dir=work / "hf",
+            endpoint=endpoint,
+            token=token_arg,
+            tqdm_class=_SilentProgress,
+        )
     path = Path(local)
     seconds = max(time.monotonic() - started, 1e-6)
     size = path.stat().st_size
@@ -167,6 +150,35 @@ def _download(source: HuggingFaceFile, work: Path, endpoint: str, token: str | b
         "LoRA %s: downloaded %s in %.1fs (%.1f MB/s)", source.display, format_size(size), seconds, size / 1e6 / seconds
     )
     return HfDownload(path, filename, triggers)
+
+
+def _choose(source: HuggingFaceFile, work: Path, endpoint: str, token: str | bool) -> tuple[str, tuple[str, ...]]:
+    """The file to download (the user's, or the repo's LoRA by the rules) and the model card's trigger words."""
+    if source.filename is not None:
+        return source.filename, ()
+    files = HfApi(endpoint=endpoint, token=token).list_repo_files(source.repo_id, revision=source.revision)
+    filename, candidates = choose_lora(files)
+    if filename is None:
+        name_hint = f"huggingface.co/{source.repo_id}/blob/{source.revision}/{{file}}"
+        raise ambiguity_error(source.display, candidates, files, name_hint)
+    logger.info("LoRA %s: using %s", source.display, filename)
+    triggers = _card_triggers(source, work, endpoint, token) if "README.md" in files else ()
+    return filename, triggers
+
+
+@contextmanager
+def _explained(call: hub_errors.HubCall) -> Iterator[None]:
+    """huggingface_hub's failures as LoraErrors with a LoRA user's advice; anything unexplained propagates."""
+    try:
+        yield
+    except (LoraError, DownloadError):
+        raise
+    except Exception as error:
+        problem = hub_errors.explain(error, call)
+        if problem is None:
+            raise
+        ending = ENDINGS.get(problem.kind, "").format(repo=call.repo_id)
+        raise LoraError(problem.message(ending)) from error
 
 
 def _card_triggers(source: HuggingFaceFile, work: Path, endpoint: str, token: str | bool) -> tuple[str, ...]:
@@ -185,64 +197,3 @@ def _card_triggers(source: HuggingFaceFile, work: Path, endpoint: str, token: st
     except (HfHubHTTPError, OSError, httpx2.TransportError) as error:
         logger.info("LoRA %s: no model card read (%s)", source.display, type(error).__name__)
         return ()
-
-
-def explain(error: Exception, source: HuggingFaceFile, endpoint: str, token: str | None) -> LoraError | None:
-    """The user-facing error for a huggingface_hub failure, or None for an internal error."""
-    if isinstance(error, LocalEntryNotFoundError) and error.__cause__ is not None:
-        cause = error.__cause__  # hf_hub_download wraps the failed metadata request
-        error = cause if isinstance(cause, Exception) else error
-    page, repo = f"https://huggingface.co/{source.repo_id}", source.repo_id
-    if isinstance(error, OfflineModeIsEnabled):
-        return LoraError(
-            f"HF_HUB_OFFLINE is set, so {source.display} cannot be downloaded. Unset it, or give the LoRA as a "
-            "local path."
-        )
-    if isinstance(error, GatedRepoError):
-        if not token:
-            return LoraError(
-                f"{repo} is a gated Hugging Face repo: set HF_TOKEN to a token ({TOKENS_PAGE}) of an account that "
-                f"accepted its conditions at {page}."
-            )
-        return LoraError(
-            f"HF_TOKEN has no access to the gated repo {repo}: accept its conditions at {page} "
-            "with the token's account (approval can take a while)."
-        )
-    if isinstance(error, RepositoryNotFoundError):
-        if not token:
-            return LoraError(
-                f"Hugging Face repo {repo} was not found. Check the name; if it is private, set HF_TOKEN to a token "
-                f"of an account that can read it ({TOKENS_PAGE})."
-            )
-        return LoraError(
-            f"Hugging Face repo {repo} was not found, or HF_TOKEN's account cannot read it. "
-            "Check the name and the token's access."
-        )
-    if isinstance(error, RevisionNotFoundError):
-        return LoraError(f"Hugging Face repo {repo} has no revision {source.revision!r}. Check the branch or commit.")
-    if isinstance(error, RemoteEntryNotFoundError):
-        return LoraError(
-            f"Hugging Face repo {repo} has no file {source.filename!r} at {source.revision!r}. Check the name, "
-            f"or give huggingface.co/{repo} to pick the LoRA automatically."
-        )
-    if isinstance(error, HfHubHTTPError) and error.response is not None:
-        return _explain_status(error.response.status_code, repo, endpoint)
-    if isinstance(error, httpx2.TransportError):
-        return LoraError(
-            f"Cannot download {source.display} from {endpoint} ({type(error).__name__}). "
-            "Check the network and HF_ENDPOINT, then try again."
-        )
-    return None
-
-
-def _explain_status(status: int, repo: str, endpoint: str) -> LoraError:
-    if status == 401:
-        return LoraError(
-            f"The Hugging Face Hub refused HF_TOKEN (invalid or expired). Create a read token at "
-            f"{TOKENS_PAGE} and set HF_TOKEN to it."
-        )
-    if status == 403:
-        return LoraError(f"HF_TOKEN may not read {repo} (403). Use a token with read access ({TOKENS_PAGE}).")
-    if status == 429 or status >= 500:
-        return LoraError(f"The Hugging Face Hub at {endpoint} answered {status} for {repo}. Try again later.")
-    return LoraError(f"The Hugging Face Hub at {endpoint} answered {status} for {repo}. Check HF_ENDPOINT.")

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from guarded_download import redact_url
+
 from .errors import LoraError
 
 HF_HOSTS = ("huggingface.co", "hf.co")
@@ -223,14 +225,6 @@ def _without_query(text: str) -> str:
     """`text` without what looks like a query string (`?key=value`, perhaps a signature), for messages."""
     head, _, query = text.partition("?")
     return f"{head}?…" if "=" in query else text
-
-
-def redact_url(url: str) -> str:
-    """`url` without userinfo, query or fragment (they can hold credentials); `?…` marks a dropped query."""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    marker = "?…" if parts.query else ""
-    return f"{parts.scheme.lower()}://{host}{_port(parts)}{parts.path}{marker}"
 
 
 def _port(parts) -> str:

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from lora_loader import LoraError, LoraFetcher, LoraSettings
+from guarded_download import RetryPolicy
+from guarded_download import transfer as guarded_transfer
+from lora_loader import LoraError, LoraFetcher
 from lora_loader import cache as lora_cache
-from lora_loader import http as lora_http
 from lora_loader.cache import LORA_FILE, SIDECAR
-from lora_loader.http import RetryPolicy
 from lora_loader.validate import check_safetensors
+from serverconfig import ServerConfig
 from testkit.cog_server import CogServer
 from testkit.fakes.lora_servers import FakeCivitai, FakeServer, FakeVersion, lora_bytes
 from testkit.fetch_workers import fetch_many_in_process
@@ -50,8 +51,8 @@ def sleeps() -> RecordedSleeps:
 
 @pytest.fixture
 def make_fetcher(tmp_path: Path, civitai: FakeCivitai, sleeps: RecordedSleeps):
-    def make(retry: RetryPolicy | None = None, in_use_seconds: float = 60.0, **environ: str) -> LoraFetcher:
-        settings = LoraSettings.from_env(
+    def make(retry: RetryPolicy | None = None, **environ: str) -> LoraFetcher:
+        config = ServerConfig.from_env(
             {
                 "LORA_CACHE_DIR": str(tmp_path / "cache"),
                 "LORA_ALLOW_PRIVATE_URLS": "1",
@@ -62,7 +63,7 @@ def make_fetcher(tmp_path: Path, civitai: FakeCivitai, sleeps: RecordedSleeps):
             }
         )
         retry = retry or RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.04, sleep=sleeps)
-        return LoraFetcher(settings.cache_dir, settings.max_bytes, settings, retry=retry, in_use_seconds=in_use_seconds)
+        return LoraFetcher(config, retry=retry)
 
     return make
 
@@ -250,7 +251,7 @@ def test_a_full_cache_evicts_least_recently_used_entries(files: FakeServer, make
     blobs = [lora_bytes(70 + i, padding=40_000) for i in range(5)]
     urls = [files.add_file(f"/e{i}.safetensors", blob) for i, blob in enumerate(blobs)]
     cap = int(len(blobs[0]) * 2.5)
-    fetcher = make_fetcher(in_use_seconds=0, LORA_CACHE_MAX_BYTES=str(cap))
+    fetcher = make_fetcher(LORA_CACHE_IN_USE_SECONDS="0", LORA_CACHE_MAX_BYTES=str(cap))
 
     for url, blob in zip(urls, blobs, strict=True):
         assert fetcher.fetch(url).path.read_bytes() == blob
@@ -275,14 +276,14 @@ def test_a_full_disk_while_downloading_is_a_clear_error_and_leaves_nothing(files
     test is the cache's reaction, so the rest (HTTP, validation, commit) is real."""
     data = lora_bytes(77, padding=200_000)
     url = files.add_file("/disk.safetensors", data)
-    real_write = lora_http._DownloadState._write
+    real_write = guarded_transfer._DownloadState._write
 
     def full_disk(self, out, chunk: bytes) -> None:
         if self.written + len(chunk) > 64_000:
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write(self, out, chunk)
 
-    monkeypatch.setattr(lora_http._DownloadState, "_write", full_disk)
+    monkeypatch.setattr(guarded_transfer._DownloadState, "_write", full_disk)
     fetcher = make_fetcher()
     with pytest.raises(LoraError, match=r"The disk holding the LoRA cache \(.*\) is full.*nothing partial") as caught:
         fetcher.fetch(url)
@@ -345,10 +346,9 @@ def test_processes_sharing_a_cache_under_eviction_pressure_never_see_a_bad_file(
     assert set(entries.values()) <= {s for _, s in sources}
     downloads = sum(len(files.gets(f"/p{i}.safetensors")) for i in range(6))
     assert downloads > 6, "the cap forced evictions and downloads again"
-    time.sleep(0.1)  # past in_use_seconds: the next download trims the cache to its cap
-    settings = LoraSettings.from_env(environ)
+    time.sleep(0.1)  # past the in-use window: the next download trims the cache to its cap
     last = files.add_file("/last.safetensors", lora_bytes(90))
-    LoraFetcher(settings.cache_dir, settings.max_bytes, settings, in_use_seconds=0.05).fetch(last)
+    LoraFetcher(ServerConfig.from_env({**environ, "LORA_CACHE_IN_USE_SECONDS": "0.05"})).fetch(last)
     assert sum(json.loads((p / SIDECAR).read_text())["size"] for p in (tmp_path / "cache/entries").iterdir()) <= cap
 
 

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from lora_loader import LoraError, LoraFetcher, LoraSettings
+from guarded_download import RetryPolicy
+from lora_loader import LoraError, LoraFetcher
 from lora_loader.cache import LORA_FILE, SIDECAR
-from lora_loader.http import RetryPolicy
+from serverconfig import ServerConfig
 from testkit.fakes.lora_servers import FakeVersion, lora_bytes, make_tar, trainer_tar
 from testkit.fetch_workers import fetch_in_process
 from testkit.lora_sites import LoraSites
@@ -46,9 +47,8 @@ def environ(tmp_path: Path, fakes: LoraSites) -> dict[str, str]:
 def make_fetcher(environ: dict[str, str]):
     def make(**options) -> LoraFetcher:
         env = {**environ, **{k: v for k, v in options.items() if k.isupper()}}
-        settings = LoraSettings.from_env(env)
-        kwargs = {k: v for k, v in options.items() if not k.isupper()}
-        return LoraFetcher(settings.cache_dir, settings.max_bytes, settings, retry=FAST_RETRY, **kwargs)
+        overrides = {k: v for k, v in options.items() if not k.isupper()}  # typed ServerConfig fields
+        return LoraFetcher(ServerConfig.from_env(env, **overrides), retry=FAST_RETRY)
 
     return make
 
@@ -211,6 +211,24 @@ def test_entries_in_use_are_not_evicted_even_over_the_cap(fakes, make_fetcher, c
         extra = fetcher.fetch(urls[1])
 
     assert main.path.exists() and extra.path.exists()
+    assert "exceeds LORA_CACHE_MAX_BYTES" in caplog.text
+
+
+def test_the_in_use_window_is_a_setting(fakes, make_fetcher, caplog) -> None:
+    """LORA_CACHE_IN_USE_SECONDS: 0 lets the cap evict an entry used a moment ago; a window of an hour keeps
+    one used ten minutes ago, over the cap."""
+    urls = [fakes.files.add_file(f"/w{i}.safetensors", lora_bytes(20 + i, padding=40_000)) for i in range(3)]
+    no_window = make_fetcher(LORA_CACHE_MAX_BYTES="60000", LORA_CACHE_IN_USE_SECONDS="0")
+    assert no_window.cache.in_use_seconds == 0
+
+    first, second = no_window.fetch(urls[0]), no_window.fetch(urls[1])
+
+    assert not first.path.exists() and second.path.exists()
+    hour = make_fetcher(LORA_CACHE_MAX_BYTES="60000", LORA_CACHE_IN_USE_SECONDS="3600")  # the same cache folder
+    backdate(hour, second.key, 600)
+    with caplog.at_level(logging.WARNING):
+        third = hour.fetch(urls[2])
+    assert second.path.exists() and third.path.exists()
     assert "exceeds LORA_CACHE_MAX_BYTES" in caplog.text
 
 

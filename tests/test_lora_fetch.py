@@ -19,11 +19,11 @@ import huggingface_hub.file_download
 import pytest
 import torch
 
-from lora_loader import LoraError, LoraFetcher, LoraSettings
-from lora_loader import http as lora_http
-from lora_loader.http import RetryPolicy
-from lora_loader.netpolicy import AddressPolicy
+from guarded_download import AddressPolicy, RetryPolicy
+from guarded_download import transfer as guarded_transfer
+from lora_loader import LoraError, LoraFetcher
 from lora_loader.triggers import from_metadata, from_model_card, from_trainer_config
+from serverconfig import ServerConfig
 from testkit.fakes.hf_hub import FakeHub
 from testkit.fakes.lora_servers import (
     FakeCivitai,
@@ -65,8 +65,7 @@ def make_fetcher(tmp_path: Path, hub: FakeHub, civitai: FakeCivitai, replicate: 
         environ.update({k: v for k, v in overrides.items() if v is not None})
         for name in [k for k, v in overrides.items() if v is None]:
             environ.pop(name, None)
-        settings = LoraSettings.from_env(environ)
-        return LoraFetcher(settings.cache_dir, settings.max_bytes, settings, retry=FAST_RETRY)
+        return LoraFetcher(ServerConfig.from_env(environ), retry=FAST_RETRY)
 
     return make
 
@@ -251,11 +250,11 @@ def test_hugging_face_access_errors_say_whether_hf_token_is_needed(hub: FakeHub,
     hub.add_repo("corp/secret", {"lora.safetensors": LORA}, private=True, authorized_tokens=set())
     anonymous, authorized = make_fetcher(), make_fetcher(HF_TOKEN=HF_TOKEN)
 
-    with pytest.raises(LoraError, match=r"corp/gated is a gated Hugging Face repo: set HF_TOKEN"):
+    with pytest.raises(LoraError, match=r"corp/gated is gated: accept the licence at .*, then set HF_TOKEN"):
         anonymous.fetch("huggingface.co/corp/gated")
     with pytest.raises(LoraError, match=r"corp/private was not found.*if it is private, set HF_TOKEN"):
         anonymous.fetch("huggingface.co/corp/private")
-    with pytest.raises(LoraError, match=r"corp/secret was not found, or HF_TOKEN's account cannot read it"):
+    with pytest.raises(LoraError, match=r"corp/secret was not found at .*, or HF_TOKEN's account cannot read it"):
         authorized.fetch("huggingface.co/corp/secret")
     with pytest.raises(LoraError, match=r"corp/private has no file 'nope.safetensors'"):
         authorized.fetch("huggingface.co/corp/private/blob/main/nope.safetensors")
@@ -537,14 +536,14 @@ def test_server_errors_are_retried_with_backoff(files: FakeServer, make_fetcher)
 
 
 def test_big_downloads_log_progress_by_tenths(files: FakeServer, make_fetcher, caplog, monkeypatch) -> None:
-    monkeypatch.setattr(lora_http, "PROGRESS_MIN_BYTES", 1)
+    monkeypatch.setattr(guarded_transfer, "PROGRESS_MIN_BYTES", 1)
     data = lora_bytes(11, padding=2_000_000)
     url = files.add_file("/progress.safetensors", data)
 
-    with caplog.at_level(logging.INFO, logger="lora_loader"):
+    with caplog.at_level(logging.INFO, logger="guarded_download"):
         make_fetcher().fetch(url)
 
-    lines = [r.getMessage() for r in caplog.records if r.name == "lora_loader.http"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "guarded_download.transfer"]
     assert lines[0].endswith("downloading 2.0 MB")
     assert 3 <= sum(line.endswith("%)") for line in lines) <= 10
     assert "downloaded 2.0 MB in" in lines[-1] and lines[-1].endswith("MB/s)")
@@ -565,8 +564,7 @@ def test_outage_gives_up_after_bounded_retries_and_leaves_nothing(files: FakeSer
 
 def test_private_addresses_are_refused_unless_allowed(files: FakeServer, tmp_path: Path) -> None:
     url = files.add_file("/lora.safetensors", LORA)
-    settings = LoraSettings.from_env({"LORA_CACHE_DIR": str(tmp_path / "cache")})
-    fetcher = LoraFetcher(settings.cache_dir, settings.max_bytes, settings, retry=FAST_RETRY)
+    fetcher = LoraFetcher(ServerConfig(lora_cache_dir=tmp_path / "cache"), retry=FAST_RETRY)
 
     with pytest.raises(LoraError, match=r"Refusing to download a LoRA from 127.0.0.1: it is a loopback address"):
         fetcher.fetch(url)
@@ -575,10 +573,9 @@ def test_private_addresses_are_refused_unless_allowed(files: FakeServer, tmp_pat
 
 def test_every_redirect_is_checked_against_the_address_policy(files: FakeServer, tmp_path: Path) -> None:
     files.add_redirect("/lora.safetensors", "http://169.254.169.254/latest/meta-data/iam/credentials")
-    settings = LoraSettings.from_env({"LORA_CACHE_DIR": str(tmp_path / "cache")})
     # 127.0.0.1 stands in for a public host here; the redirect target gets the real rule.
-    policy = AddressPolicy(trusted_networks=(ipaddress.ip_network("127.0.0.1/32"),))
-    fetcher = LoraFetcher(settings.cache_dir, settings.max_bytes, settings, retry=FAST_RETRY, policy=policy)
+    policy = AddressPolicy(trusted_networks=(ipaddress.ip_network("127.0.0.1/32"),), subject="a LoRA")
+    fetcher = LoraFetcher(ServerConfig(lora_cache_dir=tmp_path / "cache"), retry=FAST_RETRY, policy=policy)
 
     with pytest.raises(LoraError, match=r"Refusing to download a LoRA from 169.254.169.254: it is a link-local"):
         fetcher.fetch(files.url("/lora.safetensors"))

@@ -1,5 +1,5 @@
-"""lora_loader.sources and settings: every accepted LoRA string parses to the right source, secrets stay
-out of what is shown and keyed, and everything else gets one error that lists the accepted forms.
+"""lora_loader.sources and the address policy: every accepted LoRA string parses to the right source, secrets
+stay out of what is shown and keyed, and everything else gets one error that lists the accepted forms.
 
 Pure parsing: no server, no file system (local paths are parsed, not checked)."""
 
@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from lora_loader import LoraError, LoraSettings
-from lora_loader.netpolicy import AddressPolicy
-from lora_loader.settings import DEFAULT_MAX_BYTES
+from guarded_download import AddressPolicy, AddressRefused
+from lora_loader import LoraError
 from lora_loader.sources import (
     CivitaiModel,
     CivitaiVersion,
@@ -183,28 +182,6 @@ def test_anything_else_is_one_clear_error(text: str, hint: str) -> None:
         assert "Hugging Face" in message and "CivitAI" in message and "Replicate" in message and "data:" in message
 
 
-def test_settings_defaults_and_parsing() -> None:
-    settings = LoraSettings.from_env({})
-    assert settings.cache_dir == Path("./weights-cache")
-    assert settings.max_bytes == DEFAULT_MAX_BYTES == 20 * 10**9
-    assert (settings.hf_endpoint, settings.civitai_base_url) == ("https://huggingface.co", "https://civitai.com")
-    assert settings.replicate_base_url == "https://replicate.com" and not settings.allow_private_urls
-
-    env = {
-        "LORA_CACHE_MAX_BYTES": "1.5GiB",
-        "CIVITAI_BASE_URL": "http://127.0.0.1:1/",
-        "LORA_ALLOW_PRIVATE_URLS": "1",
-        "HF_TOKEN": "hf_SECRET",
-    }
-    settings = LoraSettings.from_env(env)
-    assert settings.max_bytes == int(1.5 * 2**30)
-    assert settings.civitai_base_url == "http://127.0.0.1:1" and settings.allow_private_urls
-    assert "hf_SECRET" not in repr(settings)
-    assert LoraSettings.from_env({"LORA_CACHE_MAX_BYTES": "500000"}).max_bytes == 500_000
-    with pytest.raises(LoraError, match="LORA_CACHE_MAX_BYTES"):
-        LoraSettings.from_env({"LORA_CACHE_MAX_BYTES": "lots"})
-
-
 @pytest.mark.parametrize(
     ("host", "allowed"),
     [
@@ -223,10 +200,10 @@ def test_settings_defaults_and_parsing() -> None:
 )
 def test_address_policy(host: str, allowed: bool) -> None:
     fake_dns = {"cdn.example.com": ["93.184.216.34"], "internal.example.com": ["93.184.216.34", "10.0.0.5"]}
-    policy = AddressPolicy(resolver=lambda name, port: fake_dns[name])
+    policy = AddressPolicy(resolver=lambda name, port: fake_dns[name], subject="a LoRA")
     if allowed:
         policy.check("https", host, None)
     else:
-        with pytest.raises(LoraError, match="Refusing to download a LoRA from .*LORA_ALLOW_PRIVATE_URLS"):
+        with pytest.raises(AddressRefused, match="Refusing to download a LoRA from .*: it is "):
             policy.check("https", host, None)
     AddressPolicy(allow_private=True).check("http", host, 80)  # no resolution at all

@@ -23,14 +23,24 @@ import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpcore
+import httpcore2
 import pytest
 
 from generation import input_urls
-from lora_loader import LoraError, LoraFetcher, LoraSettings
-from lora_loader.http import RetryPolicy, SizeLimit, Timeouts, download, make_client
-from lora_loader.netpolicy import AddressPolicy
-from lora_loader.transport import GuardedTransport
+from generation.errors import UserInputError
+from guarded_download import (
+    AddressPolicy,
+    AddressRefused,
+    GaveUp,
+    GuardedTransport,
+    RetryPolicy,
+    SizeLimit,
+    Timeouts,
+    download,
+    make_client,
+)
+from lora_loader import LoraError, LoraFetcher
+from serverconfig import ServerConfig
 from testkit.cog_server import CogServer
 from testkit.fakes.hf_hub import FakeHub
 from testkit.fakes.lora_servers import FakeServer, lora_bytes, make_tar
@@ -42,17 +52,17 @@ PUBLIC = "93.184.216.34"
 LOOPBACK_ONLY = (ipaddress.ip_network("127.0.0.1/32"),)
 
 
-class RecordingBackend(httpcore.NetworkBackend):
+class RecordingBackend(httpcore2.NetworkBackend):
     """Dials loopback for real and records every dial; a public address is 'unreachable' (no internet here)."""
 
     def __init__(self) -> None:
         self.dialed: list[str] = []
-        self.inner = httpcore.SyncBackend()
+        self.inner = httpcore2.SyncBackend()
 
     def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
         self.dialed.append(host)
         if not ipaddress.ip_address(host).is_loopback:
-            raise httpcore.ConnectError(f"{host} is unreachable from the test sandbox")
+            raise httpcore2.ConnectError(f"{host} is unreachable from the test sandbox")
         return self.inner.connect_tcp(host, port, timeout, local_address, socket_options)
 
 
@@ -69,7 +79,7 @@ class SequenceResolver:
         return sequence[min(self.lookups.count(name), len(sequence)) - 1]
 
 
-def pinned_client(policy: AddressPolicy, backend: httpcore.NetworkBackend, **transport_options):
+def pinned_client(policy: AddressPolicy, backend: httpcore2.NetworkBackend, **transport_options):
     transport = GuardedTransport(policy, network_backend=backend, **transport_options)
     return make_client(policy, Timeouts(connect=2, read=2), transport=transport)
 
@@ -91,13 +101,13 @@ def test_dns_rebinding_cannot_steer_a_connection_to_loopback(files: FakeServer, 
     backend = RecordingBackend()
     policy = AddressPolicy(resolver=resolver)
 
-    with pinned_client(policy, backend) as client, pytest.raises(LoraError) as caught:
+    with pinned_client(policy, backend) as client, pytest.raises(AddressRefused) as caught:
         fetch_url(client, f"http://rebind.example:{port}/lora.safetensors", tmp_path / "x")
 
     assert files.requests == []
     assert backend.dialed == [PUBLIC]  # the checked address, never a name, never loopback
     # The retry resolved again, got 127.0.0.1, and was refused before dialing.
-    assert "Refusing to download a LoRA from rebind.example: it is a loopback address" in str(caught.value)
+    assert "Refusing to download a file from rebind.example: it is a loopback address" in str(caught.value)
 
 
 def test_the_checked_address_is_dialed_and_the_name_kept_for_the_host_header(files: FakeServer, tmp_path) -> None:
@@ -120,7 +130,7 @@ def test_a_name_with_any_refused_address_is_refused_before_dialing(files: FakeSe
     backend = RecordingBackend()
 
     with pinned_client(AddressPolicy(resolver=resolver), backend) as client:
-        with pytest.raises(LoraError, match="from mixed.example: it is a private or reserved address"):
+        with pytest.raises(AddressRefused, match="from mixed.example: it is a private or reserved address"):
             fetch_url(client, "http://mixed.example/lora.safetensors", tmp_path / "x")
     assert backend.dialed == []
 
@@ -134,7 +144,7 @@ def test_a_redirect_to_a_name_that_resolves_privately_is_refused(files: FakeServ
     policy = AddressPolicy(resolver=resolver, trusted_networks=LOOPBACK_ONLY)
 
     with pinned_client(policy, backend) as client:
-        with pytest.raises(LoraError, match="from internal.example: it is a private or reserved address"):
+        with pytest.raises(AddressRefused, match="from internal.example: it is a private or reserved address"):
             fetch_url(client, f"http://files.example:{port}/lora.safetensors", tmp_path / "x")
     assert [r.path for r in files.requests] == ["/lora.safetensors"]
     assert backend.dialed == ["127.0.0.1"]
@@ -206,7 +216,7 @@ def test_tls_to_a_pinned_address_uses_the_name_for_sni_and_the_certificate(tmp_p
         other, _ = _self_signed(tmp_path, "other.example")
         context = ssl.create_default_context(cafile=other)
         with pinned_client(policy, RecordingBackend(), ssl_context=context) as client:
-            with pytest.raises(LoraError, match="attempts failed.*ConnectError"):
+            with pytest.raises(GaveUp, match="attempts failed.*ConnectError"):
                 fetch_url(client, f"https://lora.example:{port}/lora.safetensors", tmp_path / "y")
     finally:
         server.shutdown()
@@ -219,9 +229,9 @@ def test_proxy_variables_do_not_route_downloads_around_the_policy(files: FakeSer
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
     url = files.add_file("/lora.safetensors", LORA)
-    settings = LoraSettings(cache_dir=tmp_path / "cache", allow_private_urls=True)
+    config = ServerConfig(lora_cache_dir=tmp_path / "cache", allow_private_urls=True)
 
-    assert LoraFetcher(settings.cache_dir, settings.max_bytes, settings, retry=FAST_RETRY).fetch(url).size == len(LORA)
+    assert LoraFetcher(config, retry=FAST_RETRY).fetch(url).size == len(LORA)
 
 
 # -- local paths ---------------------------------------------------------------------------------------------
@@ -231,8 +241,7 @@ def local_fetcher(tmp_path: Path, local_dirs: str | None) -> LoraFetcher:
     environ = {"LORA_CACHE_DIR": str(tmp_path / "cache")}
     if local_dirs is not None:
         environ["LORA_LOCAL_DIRS"] = local_dirs
-    settings = LoraSettings.from_env(environ)
-    return LoraFetcher(settings.cache_dir, settings.max_bytes, settings, retry=FAST_RETRY)
+    return LoraFetcher(ServerConfig.from_env(environ), retry=FAST_RETRY)
 
 
 def test_local_paths_are_refused_unless_lora_local_dirs_allows_them(tmp_path: Path) -> None:
@@ -275,10 +284,10 @@ def test_local_paths_are_refused_unless_lora_local_dirs_allows_them(tmp_path: Pa
 
 
 def capped_fetcher(tmp_path: Path, **environ: str) -> LoraFetcher:
-    settings = LoraSettings.from_env(
+    config = ServerConfig.from_env(
         {"LORA_CACHE_DIR": str(tmp_path / "cache"), "LORA_ALLOW_PRIVATE_URLS": "1", **environ}
     )
-    return LoraFetcher(settings.cache_dir, settings.max_bytes, settings, retry=FAST_RETRY)
+    return LoraFetcher(config, retry=FAST_RETRY)
 
 
 def assert_nothing_kept(fetcher: LoraFetcher) -> None:
@@ -380,14 +389,14 @@ def test_guarded_image_download_applies_the_policy_and_the_cap(files: FakeServer
     timeouts, cap = Timeouts(connect=2, read=2), SizeLimit(10**6, "an input image may be (1 MB).")
 
     refused = input_urls.GuardedDownload(url, AddressPolicy(subject="an input image"), timeouts, cap)
-    with pytest.raises(LoraError, match="Refusing to download an input image from 127.0.0.1: it is a loopback"):
+    with pytest.raises(UserInputError, match="Refusing to download an input image from 127.0.0.1: it is a loopback"):
         refused.read()
     assert files.requests == []
 
     allowed = AddressPolicy(allow_private=True, subject="an input image")
     assert input_urls.GuardedDownload(url, allowed, timeouts, cap).read() == png_bytes()
     tiny_cap = SizeLimit(100, "an input image may be (100 B).")
-    with pytest.raises(LoraError, match=r"an input image is \d+ B, more than an input image may be \(100 B\)"):
+    with pytest.raises(UserInputError, match=r"an input image is \d+ B, more than an input image may be \(100 B\)"):
         input_urls.GuardedDownload(url, allowed, timeouts, tiny_cap, FAST_RETRY).read()
 
 
@@ -406,9 +415,9 @@ def test_install_wraps_path_validate_once_and_caps_data_uris() -> None:
     fake_cog = types.SimpleNamespace(
         Path=FakePath, URLPath=FakeURLPath, get_filename=lambda url: url.rsplit("/", 1)[-1]
     )
-    input_urls.install(fake_cog, environ={})
+    input_urls.install(fake_cog, ServerConfig(allow_private_urls=True))
     wrapped = FakePath.validate
-    input_urls.install(fake_cog, environ={})  # idempotent: not wrapped twice
+    input_urls.install(fake_cog, ServerConfig())  # not wrapped twice: the configuration is replaced
     assert FakePath.validate.__func__ is wrapped.__func__
 
     guarded = FakePath.validate("https://example.com/a/photo.png?sig=x")
@@ -417,7 +426,7 @@ def test_install_wraps_path_validate_once_and_caps_data_uris() -> None:
     assert isinstance(guarded.fileobj, input_urls.GuardedDownload) and not guarded.fileobj.policy.allow_private
     assert FakePath.validate("data:image/png;base64,AAAA") == ("cog's own", "data:image/png;base64,AAAA")
     assert FakePath.validate("/tmp/x.png") == ("cog's own", "/tmp/x.png")
-    with pytest.raises(LoraError, match="data: URI of an input image is .* more than an input image may be"):
+    with pytest.raises(UserInputError, match="data: URI of an input image is .* more than an input image may be"):
         FakePath.validate("data:image/png;base64," + "A" * (input_urls.MAX_INPUT_BYTES * 4 // 3 + 8192))
 
 
@@ -437,7 +446,7 @@ def test_a_failed_image_download_leaves_no_temp_file(files: FakeServer, tmp_path
         fileobj = input_urls.GuardedDownload(files.url(path), allowed, Timeouts(2, 2), cap, FAST_RETRY)
         return url_path_type(source=files.url(path), filename=path.lstrip("/"), fileobj=fileobj)
 
-    with pytest.raises(LoraError, match=r"The input image URL http://127.0.0.1:\d+/missing.png answered HTTP 404"):
+    with pytest.raises(UserInputError, match=r"The input image URL http://127.0.0.1:\d+/missing.png answered HTTP 404"):
         url_path("/missing.png").convert()
     assert list(tmp_path.iterdir()) == []
     files.add_file("/photo.png", png_bytes(), content_type="image/png")
@@ -483,22 +492,3 @@ def test_the_server_refuses_image_and_lora_urls_to_loopback_and_stays_ready(stri
         assert strict_server.health()["status"] == "READY"
     assert files.requests == []
     assert strict_server.predict(**base).json()["status"] == "succeeded"
-
-
-def test_the_new_settings_parse_and_refuse_nonsense(tmp_path: Path) -> None:
-    settings = LoraSettings.from_env(
-        {
-            "LORA_LOCAL_DIRS": f"{tmp_path}{os.pathsep}{tmp_path}/sub/..{os.pathsep}",
-            "LORA_MAX_FILE_BYTES": "2GB",
-            "LORA_CONNECT_TIMEOUT": "5",
-            "LORA_READ_TIMEOUT": "45s",
-        }
-    )
-    assert settings.local_dirs == (tmp_path.resolve(), tmp_path.resolve())
-    assert (settings.max_file_bytes, settings.connect_timeout, settings.read_timeout) == (2 * 10**9, 5.0, 45.0)
-    defaults = LoraSettings.from_env({})
-    assert defaults.local_dirs == () and defaults.max_file_bytes == 6 * 10**9
-    assert (defaults.connect_timeout, defaults.read_timeout) == (10.0, 30.0)
-    for name, value in (("LORA_READ_TIMEOUT", "soon"), ("LORA_CONNECT_TIMEOUT", "0"), ("LORA_MAX_FILE_BYTES", "big")):
-        with pytest.raises(LoraError, match=name):
-            LoraSettings.from_env({name: value})

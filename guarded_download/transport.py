@@ -1,18 +1,18 @@
-"""An httpx transport that connects only to addresses the address policy checked: DNS-rebinding-proof.
+"""An httpx2 transport that connects only to addresses the address policy checked: DNS-rebinding-proof.
 
 Checking a URL's host and then letting the HTTP library connect by name resolves the name twice; a DNS
 server that answers a public address to the first lookup and 127.0.0.1 to the second (rebinding) gets
 the connection into the loopback network anyway. Here the check and the connection share one lookup:
-`PinnedNetworkBackend.connect_tcp`, which httpcore calls for every new connection (the first URL's and
+`PinnedNetworkBackend.connect_tcp`, which httpcore2 calls for every new connection (the first URL's and
 each redirect's), asks `AddressPolicy.addresses` to resolve and check the name, then dials those
-addresses and nothing else. The name stays what httpcore uses for everything else: the Host header
-comes from the URL, and TLS is started by httpcore on the returned stream with `server_hostname` set to
+addresses and nothing else. The name stays what httpcore2 uses for everything else: the Host header
+comes from the URL, and TLS is started by httpcore2 on the returned stream with `server_hostname` set to
 the URL's host, so SNI and certificate verification are for the name, as without pinning.
 
-`GuardedTransport` is an httpx transport over an httpcore connection pool with that backend, mapping
-httpcore's errors to httpx's like httpx's own transport does, so retry code sees the usual
-`httpx.TransportError` family. Proxies are not used: through a proxy the proxy resolves the name, and
-no check here could hold (the client is built with `trust_env=False`, see `http.make_client`).
+`GuardedTransport` is an httpx2 transport over an httpcore2 connection pool with that backend, mapping
+httpcore2's errors to httpx2's like httpx2's own transport does, so retry code sees the usual
+`httpx2.TransportError` family. Proxies are not used: through a proxy the proxy resolves the name, and
+no check here could hold (the client is built with `trust_env=False`, see `client.make_client`).
 """
 
 from __future__ import annotations
@@ -21,27 +21,28 @@ import contextlib
 import ssl
 from collections.abc import Iterable, Iterator
 
-import httpcore
-import httpx
+import httpcore2
+import httpx2
 
-from .netpolicy import AddressPolicy, ResolutionFailed
+from .errors import ResolutionFailed
+from .policy import AddressPolicy
 
 # Most specific first: the first match wins.
-_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
-    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
-    (httpcore.ReadTimeout, httpx.ReadTimeout),
-    (httpcore.WriteTimeout, httpx.WriteTimeout),
-    (httpcore.PoolTimeout, httpx.PoolTimeout),
-    (httpcore.TimeoutException, httpx.TimeoutException),
-    (httpcore.ConnectError, httpx.ConnectError),
-    (httpcore.ReadError, httpx.ReadError),
-    (httpcore.WriteError, httpx.WriteError),
-    (httpcore.NetworkError, httpx.NetworkError),
-    (httpcore.ProxyError, httpx.ProxyError),
-    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
-    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
-    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
-    (httpcore.ProtocolError, httpx.ProtocolError),
+_ERRORS: tuple[tuple[type[Exception], type[httpx2.TransportError]], ...] = (
+    (httpcore2.ConnectTimeout, httpx2.ConnectTimeout),
+    (httpcore2.ReadTimeout, httpx2.ReadTimeout),
+    (httpcore2.WriteTimeout, httpx2.WriteTimeout),
+    (httpcore2.PoolTimeout, httpx2.PoolTimeout),
+    (httpcore2.TimeoutException, httpx2.TimeoutException),
+    (httpcore2.ConnectError, httpx2.ConnectError),
+    (httpcore2.ReadError, httpx2.ReadError),
+    (httpcore2.WriteError, httpx2.WriteError),
+    (httpcore2.NetworkError, httpx2.NetworkError),
+    (httpcore2.ProxyError, httpx2.ProxyError),
+    (httpcore2.UnsupportedProtocol, httpx2.UnsupportedProtocol),
+    (httpcore2.RemoteProtocolError, httpx2.RemoteProtocolError),
+    (httpcore2.LocalProtocolError, httpx2.LocalProtocolError),
+    (httpcore2.ProtocolError, httpx2.ProtocolError),
 )
 
 
@@ -56,12 +57,12 @@ def _httpx_errors() -> Iterator[None]:
         raise
 
 
-class PinnedNetworkBackend(httpcore.NetworkBackend):
+class PinnedNetworkBackend(httpcore2.NetworkBackend):
     """Dials only the addresses `policy` resolved and allowed for the host; `inner` does the dialing."""
 
-    def __init__(self, policy: AddressPolicy, inner: httpcore.NetworkBackend | None = None) -> None:
+    def __init__(self, policy: AddressPolicy, inner: httpcore2.NetworkBackend | None = None) -> None:
         self.policy = policy
-        self.inner = inner or httpcore.SyncBackend()
+        self.inner = inner or httpcore2.SyncBackend()
 
     def connect_tcp(
         self,
@@ -70,30 +71,30 @@ class PinnedNetworkBackend(httpcore.NetworkBackend):
         timeout: float | None = None,
         local_address: str | None = None,
         socket_options: Iterable | None = None,
-    ) -> httpcore.NetworkStream:
+    ) -> httpcore2.NetworkStream:
         if self.policy.allow_private:  # nothing to pin: let the system connect by name
             return self.inner.connect_tcp(host, port, timeout, local_address, socket_options)
         try:
             addresses = self.policy.addresses(host, port)  # AddressRefused when any of them is refused
         except ResolutionFailed as error:  # as when connecting by name: a connect error, retried
-            raise httpcore.ConnectError(str(error)) from error
+            raise httpcore2.ConnectError(str(error)) from error
         last_error: Exception | None = None
         for address in addresses:
             try:
                 return self.inner.connect_tcp(str(address), port, timeout, local_address, socket_options)
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as error:
+            except (httpcore2.ConnectError, httpcore2.ConnectTimeout) as error:
                 last_error = error  # the next address, as socket.create_connection does
         assert last_error is not None  # addresses() never returns an empty list
         raise last_error
 
     def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options=None):
-        raise httpcore.UnsupportedProtocol("Unix sockets are not used for downloads.")
+        raise httpcore2.UnsupportedProtocol("Unix sockets are not used for downloads.")
 
     def sleep(self, seconds: float) -> None:
         self.inner.sleep(seconds)
 
 
-class _ResponseStream(httpx.SyncByteStream):
+class _ResponseStream(httpx2.SyncByteStream):
     def __init__(self, stream: Iterable[bytes]) -> None:
         self._stream = stream
 
@@ -107,31 +108,31 @@ class _ResponseStream(httpx.SyncByteStream):
             close()
 
 
-class GuardedTransport(httpx.BaseTransport):
-    """httpx transport whose every request checks the scheme and whose every connection is pinned."""
+class GuardedTransport(httpx2.BaseTransport):
+    """httpx2 transport whose every request checks the scheme and whose every connection is pinned."""
 
     def __init__(
         self,
         policy: AddressPolicy,
         *,
         ssl_context: ssl.SSLContext | None = None,
-        network_backend: httpcore.NetworkBackend | None = None,
+        network_backend: httpcore2.NetworkBackend | None = None,
     ) -> None:
         self.policy = policy
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=ssl_context or httpx.create_ssl_context(),
+        self._pool = httpcore2.ConnectionPool(
+            ssl_context=ssl_context or httpx2.create_ssl_context(),
             max_connections=20,
             max_keepalive_connections=10,
             keepalive_expiry=5.0,
             network_backend=PinnedNetworkBackend(policy, network_backend),
         )
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         self.policy.check_scheme(request.url.scheme)
-        assert isinstance(request.stream, httpx.SyncByteStream)
-        core_request = httpcore.Request(
+        assert isinstance(request.stream, httpx2.SyncByteStream)
+        core_request = httpcore2.Request(
             method=request.method,
-            url=httpcore.URL(
+            url=httpcore2.URL(
                 scheme=request.url.raw_scheme,
                 host=request.url.raw_host,
                 port=request.url.port,
@@ -144,7 +145,7 @@ class GuardedTransport(httpx.BaseTransport):
         with _httpx_errors():
             response = self._pool.handle_request(core_request)
         assert isinstance(response.stream, Iterable)
-        return httpx.Response(
+        return httpx2.Response(
             status_code=response.status,
             headers=response.headers,
             stream=_ResponseStream(response.stream),

@@ -1,9 +1,8 @@
 """Which hosts a download may reach: by default only public internet addresses.
 
-A LoRA or image URL comes from whoever sends the prediction, so without this check it could make the
-server fetch from its own loopback services, the private network or a cloud metadata endpoint (SSRF) and
-echo bits of the answer back in an error. LORA_ALLOW_PRIVATE_URLS=1 turns the check off for tests and
-local mirrors.
+A URL that comes from whoever sends a prediction could otherwise make the server fetch from its own
+loopback services, the private network or a cloud metadata endpoint (SSRF) and echo bits of the answer
+back in an error. `allow_private=True` turns the check off (tests, local mirrors).
 
 `AddressPolicy.addresses(host, port)` resolves a name ONCE, checks EVERY address it resolved to, and
 returns them: the caller connects to those addresses and no others (`transport.PinnedNetworkBackend`),
@@ -22,7 +21,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .errors import LoraError
+from .errors import AddressRefused, ResolutionFailed, SchemeRefused
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
@@ -38,25 +37,17 @@ def resolve(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(info[4][0] for info in infos))
 
 
-class AddressRefused(LoraError):
-    """A URL's host is one the policy refuses; the message names the host and why, never the URL."""
-
-
-class ResolutionFailed(LoraError):
-    """The host name did not resolve (perhaps only for now: the transport retries it as a connect error)."""
-
-
 @dataclass(frozen=True)
 class AddressPolicy:
     allow_private: bool = False
     # Networks allowed even though they are not public (tests use it to prove the check on redirects).
     trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     resolver: Resolver = field(default=resolve, repr=False, compare=False)
-    subject: str = "a LoRA"  # what is downloaded, for the messages: "a LoRA", "the image"
+    subject: str = "a file"  # what is downloaded, for the messages: "a LoRA", "an input image"
 
     def check_scheme(self, scheme: str) -> None:
         if scheme not in ("http", "https"):
-            raise LoraError(f"Downloads of {self.subject} use http or https, not {scheme}://.")
+            raise SchemeRefused(self.subject, scheme)
 
     def check(self, scheme: str, host: str, port: int | None) -> None:
         """Raise unless a request to scheme://host:port is allowed (resolving the name to decide)."""
@@ -110,10 +101,7 @@ class AddressPolicy:
         return [ipaddress.ip_address(a.split("%", 1)[0]) for a in found]
 
     def _refused(self, host: str, reason: str) -> AddressRefused:
-        return AddressRefused(
-            f"Refusing to download {self.subject} from {host}: it is {reason}. URLs must point to the public "
-            "internet (an operator can set LORA_ALLOW_PRIVATE_URLS=1 for a local mirror)."
-        )
+        return AddressRefused(self.subject, host, reason)
 
 
 def _embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
