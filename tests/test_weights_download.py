@@ -16,6 +16,7 @@ from pathlib import Path
 import huggingface_hub.file_download
 import pytest
 
+from serverconfig import ServerConfig
 from testkit.fakes.core import free_port
 from testkit.fakes.hf_hub import FakeHub
 from weights.download import STAGING_DIR, WeightsDownloadError, ensure_weights
@@ -90,6 +91,12 @@ def expected_files(folder: WeightsFolder) -> dict[str, bytes]:
     return {name: REPOS[folder][name] for name in names}
 
 
+def configured(weights_dir: Path, token: str | None = None, endpoint: str | None = None) -> ServerConfig:
+    """What ensure_weights is handed: these settings, the rest at their defaults (the environment unread)."""
+    hub = {"hf_endpoint": endpoint} if endpoint else {}
+    return ServerConfig(weights_dir=weights_dir, hf_token=token, device="cpu", **hub)
+
+
 def files_under(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
@@ -125,7 +132,7 @@ def weights_dir(tmp_path: Path) -> Path:
 
 
 def test_downloads_exactly_the_allowed_files(hub: FakeHub, weights_dir: Path, capfd) -> None:
-    paths = ensure_weights(weights_dir, token=GOOD_TOKEN, endpoint=hub.endpoint)
+    paths = ensure_weights(configured(weights_dir, token=GOOD_TOKEN, endpoint=hub.endpoint))
 
     assert paths == {folder.name: weights_dir / folder.name for folder in ALL_FOLDERS}
     for folder in ALL_FOLDERS:
@@ -137,11 +144,11 @@ def test_downloads_exactly_the_allowed_files(hub: FakeHub, weights_dir: Path, ca
 
 
 def test_present_folders_cause_no_request(hub: FakeHub, weights_dir: Path, caplog) -> None:
-    ensure_weights(weights_dir, token=GOOD_TOKEN, endpoint=hub.endpoint)
+    ensure_weights(configured(weights_dir, token=GOOD_TOKEN, endpoint=hub.endpoint))
     hub.clear_requests()
     caplog.set_level(logging.INFO, logger="weights.download")
 
-    ensure_weights(weights_dir, token=GOOD_TOKEN, endpoint=hub.endpoint)
+    ensure_weights(configured(weights_dir, token=GOOD_TOKEN, endpoint=hub.endpoint))
 
     assert hub.requests == []
     assert [r.getMessage().split(":")[0] for r in caplog.records] == [f.name for f in ALL_FOLDERS]
@@ -154,7 +161,7 @@ def test_required_files_alone_count_as_present(weights_dir: Path) -> None:
         (weights_dir / FLUX_SCHNELL.name / name).write_text("{}")
 
     # An endpoint nobody listens on: any request would fail the call.
-    paths = ensure_weights(weights_dir, [FLUX_SCHNELL], endpoint=f"http://127.0.0.1:{free_port()}")
+    paths = ensure_weights(configured(weights_dir, endpoint=f"http://127.0.0.1:{free_port()}"), [FLUX_SCHNELL])
 
     assert paths == {FLUX_SCHNELL.name: weights_dir / FLUX_SCHNELL.name}
 
@@ -162,21 +169,27 @@ def test_required_files_alone_count_as_present(weights_dir: Path) -> None:
 def test_progress_is_logged_one_line_per_event(hub: FakeHub, weights_dir: Path, caplog) -> None:
     caplog.set_level(logging.INFO, logger="weights.download")
 
-    ensure_weights(weights_dir, [SAFETY_CHECKER], endpoint=hub.endpoint)
+    ensure_weights(configured(weights_dir, endpoint=hub.endpoint), [SAFETY_CHECKER])
 
     lines = [r.getMessage() for r in caplog.records if r.name == "weights.download"]
     assert lines[0].startswith(
         "stable-diffusion-safety-checker: downloading 3 files (4.1 kB) from CompVis/stable-diffusion-safety-checker"
     )
-    assert lines[1].startswith("stable-diffusion-safety-checker: [1/3] config.json (")
-    assert lines[3].startswith("stable-diffusion-safety-checker: [3/3] preprocessor_config.json (")
+    # One line per file as it completes: files download in parallel, so in any order, numbered in turn.
+    done = [line.removeprefix("stable-diffusion-safety-checker: ").split(" (")[0] for line in lines[1:4]]
+    assert [entry.split()[0] for entry in done] == ["[1/3]", "[2/3]", "[3/3]"]
+    assert sorted(entry.split()[1] for entry in done) == [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ]
     assert lines[4].startswith("stable-diffusion-safety-checker: ready in ")
     assert len(lines) == 5
 
 
 def test_gated_repo_without_token_says_what_to_do(hub: FakeHub, weights_dir: Path) -> None:
     with pytest.raises(WeightsDownloadError) as caught:
-        ensure_weights(weights_dir, [FLUX_DEV], endpoint=hub.endpoint)
+        ensure_weights(configured(weights_dir, endpoint=hub.endpoint), [FLUX_DEV])
 
     message = str(caught.value)
     assert message.startswith(
@@ -192,7 +205,7 @@ def test_token_without_licence_is_refused_clearly(hub: FakeHub, weights_dir: Pat
     hub.add_repo(FLUX_DEV.repo_id, REPOS[FLUX_DEV], gated=True, authorized_tokens=set())
 
     with pytest.raises(WeightsDownloadError, match="HF_TOKEN has no access to the gated black-forest-labs"):
-        ensure_weights(weights_dir, [FLUX_DEV], token=GOOD_TOKEN, endpoint=hub.endpoint)
+        ensure_weights(configured(weights_dir, token=GOOD_TOKEN, endpoint=hub.endpoint), [FLUX_DEV])
 
 
 def test_wrong_token_is_refused_and_never_shown(
@@ -203,7 +216,9 @@ def test_wrong_token_is_refused_and_never_shown(
     monkeypatch.setenv("HF_TOKEN", WRONG_TOKEN)
 
     with pytest.raises(WeightsDownloadError, match="refused HF_TOKEN \\(invalid or expired\\)") as caught:
-        ensure_weights(weights_dir, [FLUX_DEV], endpoint=hub.endpoint)
+        ensure_weights(
+            ServerConfig.from_env(weights_dir=weights_dir, hf_endpoint=hub.endpoint, device="cpu"), [FLUX_DEV]
+        )
 
     assert WRONG_TOKEN not in str(caught.value)
     assert WRONG_TOKEN not in caplog.text
@@ -218,7 +233,7 @@ def test_token_is_sent_to_the_hub_only_and_never_logged(
     monkeypatch.setenv("HF_TOKEN", GOOD_TOKEN)
     monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
 
-    ensure_weights(weights_dir, [FLUX_DEV])
+    ensure_weights(ServerConfig.from_env(weights_dir=weights_dir, device="cpu"), [FLUX_DEV])
 
     hub_requests = [r for r in hub.requests if r.server == "hub"]
     assert hub_requests and all(r.authorized for r in hub_requests)
@@ -231,20 +246,20 @@ def test_unknown_repo_says_so(hub: FakeHub, weights_dir: Path) -> None:
     hub.repos.pop(FLUX_SCHNELL.repo_id)
 
     with pytest.raises(WeightsDownloadError, match="black-forest-labs/FLUX.1-schnell was not found at http"):
-        ensure_weights(weights_dir, [FLUX_SCHNELL], endpoint=hub.endpoint)
+        ensure_weights(configured(weights_dir, endpoint=hub.endpoint), [FLUX_SCHNELL])
 
 
 def test_unreachable_hub_says_so(weights_dir: Path) -> None:
     endpoint = f"http://127.0.0.1:{free_port()}"
 
     with pytest.raises(WeightsDownloadError, match=f"Cannot reach the Hugging Face Hub at {endpoint}"):
-        ensure_weights(weights_dir, [SAFETY_CHECKER], endpoint=endpoint)
+        ensure_weights(configured(weights_dir, endpoint=endpoint), [SAFETY_CHECKER])
 
 
 def test_endpoint_that_is_no_hub_says_so(hub: FakeHub, weights_dir: Path) -> None:
     # The fake's CDN answers 404 to API paths, as any web server that is not a Hub would.
     with pytest.raises(WeightsDownloadError, match="which a Hugging Face Hub would not. Check HF_ENDPOINT"):
-        ensure_weights(weights_dir, [SAFETY_CHECKER], endpoint=hub.cdn_endpoint)
+        ensure_weights(configured(weights_dir, endpoint=hub.cdn_endpoint), [SAFETY_CHECKER])
 
 
 def test_partial_folder_in_the_way_is_not_overwritten(hub: FakeHub, weights_dir: Path) -> None:
@@ -252,14 +267,14 @@ def test_partial_folder_in_the_way_is_not_overwritten(hub: FakeHub, weights_dir:
     (weights_dir / NSFW_CLASSIFIER.name / "config.json").write_text("{}")
 
     with pytest.raises(WeightsDownloadError, match="exists but is incomplete \\(missing preprocessor_config"):
-        ensure_weights(weights_dir, [NSFW_CLASSIFIER], endpoint=hub.endpoint)
+        ensure_weights(configured(weights_dir, endpoint=hub.endpoint), [NSFW_CLASSIFIER])
     assert hub.requests == []
 
 
 def test_empty_target_folder_is_filled(hub: FakeHub, weights_dir: Path) -> None:
     (weights_dir / NSFW_CLASSIFIER.name).mkdir(parents=True)
 
-    ensure_weights(weights_dir, [NSFW_CLASSIFIER], endpoint=hub.endpoint)
+    ensure_weights(configured(weights_dir, endpoint=hub.endpoint), [NSFW_CLASSIFIER])
 
     assert files_under(weights_dir / NSFW_CLASSIFIER.name) == expected_files(NSFW_CLASSIFIER)
 
@@ -271,12 +286,12 @@ def test_dropped_connection_is_never_a_folder_and_a_retry_finishes_it(
     hub.drop_connection(FLUX_SCHNELL.repo_id, BIG_FILE, after_bytes=10_000, times=None)
 
     with pytest.raises(WeightsDownloadError, match=f"interrupted at {BIG_FILE}.*Run again to resume"):
-        ensure_weights(weights_dir, [FLUX_SCHNELL], endpoint=hub.endpoint)
+        ensure_weights(configured(weights_dir, endpoint=hub.endpoint), [FLUX_SCHNELL])
     assert not (weights_dir / FLUX_SCHNELL.name).exists()
 
     hub.clear_faults()
     hub.clear_requests()
-    ensure_weights(weights_dir, [FLUX_SCHNELL], endpoint=hub.endpoint)
+    ensure_weights(configured(weights_dir, endpoint=hub.endpoint), [FLUX_SCHNELL])
 
     assert files_under(weights_dir / FLUX_SCHNELL.name) == expected_files(FLUX_SCHNELL)
     # The files completed before the cut are kept, not fetched again.
@@ -286,7 +301,7 @@ def test_dropped_connection_is_never_a_folder_and_a_retry_finishes_it(
 def test_a_single_drop_is_resumed_within_the_call(hub: FakeHub, weights_dir: Path, no_retry_wait: None) -> None:
     fault = hub.drop_connection(FLUX_SCHNELL.repo_id, BIG_FILE, after_bytes=10_000)
 
-    ensure_weights(weights_dir, [FLUX_SCHNELL], endpoint=hub.endpoint)
+    ensure_weights(configured(weights_dir, endpoint=hub.endpoint), [FLUX_SCHNELL])
 
     assert fault.hits == 1
     assert hub.fetched().count(BIG_FILE) == 2
@@ -320,7 +335,7 @@ def test_large_files_log_their_progress_by_tenths(hub: FakeHub, weights_dir: Pat
     monkeypatch.setattr("weights.download.PROGRESS_LINES_ABOVE_BYTES", 32 * 1024)  # the 64 KiB transformer
     caplog.set_level(logging.INFO, logger="weights.download")
 
-    ensure_weights(weights_dir, [FLUX_SCHNELL], token=GOOD_TOKEN, endpoint=hub.endpoint)
+    ensure_weights(configured(weights_dir, token=GOOD_TOKEN, endpoint=hub.endpoint), [FLUX_SCHNELL])
 
     progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("  ")]
     percents = [int(line.split(": ")[1].split("%")[0]) for line in progress]
