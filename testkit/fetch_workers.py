@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from lora_loader import LoraFetcher, LoraSettings
+from lora_loader import LoraFetcher
+from serverconfig import ServerConfig
 
 
 def fetch_in_process(cache_dir: str, environ: dict[str, str], source: str, barrier, results) -> None:
@@ -24,7 +25,7 @@ def fetch_many_in_process(
     cache_dir: str, environ: dict[str, str], sources: list[tuple[str, str]], in_use_seconds: float, barrier, results
 ) -> None:
     """Fetch each (source, expected sha256) in turn, reading every file back at once; report what was wrong."""
-    fetcher = _fetcher(cache_dir, environ, in_use_seconds=in_use_seconds)
+    fetcher = _fetcher(cache_dir, environ, lora_cache_in_use_seconds=in_use_seconds)
     problems = []
     barrier.wait(timeout=30)
     for source, expected in sources:
@@ -39,6 +40,5 @@ def fetch_many_in_process(
     results.put(problems)
 
 
-def _fetcher(cache_dir: str, environ: dict[str, str], **options) -> LoraFetcher:
-    settings = LoraSettings.from_env(environ)
-    return LoraFetcher(Path(cache_dir), settings.max_bytes, settings, **options)
+def _fetcher(cache_dir: str, environ: dict[str, str], **overrides) -> LoraFetcher:
+    return LoraFetcher(ServerConfig.from_env(environ, lora_cache_dir=Path(cache_dir), **overrides))

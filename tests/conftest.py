@@ -8,11 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from generation.service import GenerationService
-from generation.settings import Settings
-from lora_loader import LoraFetcher, LoraSettings
+from serverconfig import ServerConfig
 from testkit.fakes.lora_servers import FakeCivitai, FakeReplicate, FakeServer
 from testkit.lora_sites import LoraSites
 from testkit.tiny_weights import write_tiny_weights
@@ -29,25 +27,26 @@ def tiny_weights(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def cpu_settings(tiny_weights, tmp_path_factory) -> Settings:
-    return Settings(
-        weights_dir=tiny_weights,
-        device=torch.device("cpu"),
-        dtype=torch.float32,
-        output_dir=tmp_path_factory.mktemp("outputs"),
-    )
-
-
-@pytest.fixture(scope="session")
 def lora_cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("lora-cache")
 
 
 @pytest.fixture(scope="session")
-def service(cpu_settings, lora_cache_dir) -> GenerationService:
+def cpu_config(tiny_weights, lora_cache_dir, tmp_path_factory) -> ServerConfig:
     # LoRA URLs in tests point at fakes on loopback, which the default address policy refuses.
-    settings = LoraSettings(cache_dir=lora_cache_dir, allow_private_urls=True)
-    return GenerationService.from_settings(cpu_settings, LoraFetcher(lora_cache_dir, settings.max_bytes, settings))
+    return ServerConfig(
+        weights_dir=tiny_weights,
+        device="cpu",
+        dtype="float32",
+        temp_dir=tmp_path_factory.mktemp("outputs"),
+        lora_cache_dir=lora_cache_dir,
+        allow_private_urls=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def service(cpu_config) -> GenerationService:
+    return GenerationService.from_config(cpu_config)
 
 
 @pytest.fixture(scope="session")
