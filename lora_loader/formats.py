@@ -187,7 +187,7 @@ def _refuse_other_kinds(keys: list[str]) -> None:
             f"This file is a DoRA (keys like {_sample(k for k in keys if 'dora' in k or 'magnitude' in k)}), "
             "which is not supported: its strength does not scale linearly with lora_scale. Use a plain LoRA."
         )
-    if any("query_norm.scale" in key or "norm_q.weight" in key for key in keys):
+    if any("query_norm.scale" in key for key in keys):
         raise LoraError("This is a FLUX Control LoRA (Canny/Depth); it needs a control image, which this model lacks.")
     if not any("lora" in key.lower() or key.endswith(".diff_b") for key in keys):
         raise LoraError(
