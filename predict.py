@@ -8,24 +8,30 @@ the contract and is checked by tests against `.cog/openapi_schema.json` and the 
 
 Descriptions and choices are module-level literals because the cog CLI reads this file statically
 (it resolves module constants but not imports) when it writes the OpenAPI schema. For the same reason
-each class spells out its own `predict` signature: the two differ only by `replicate_weights`, and a
+each class spells out its own `run` signature: the two differ only by `replicate_weights`, and a
 shared decorator or generated signature would be invisible to that static reader.
+
+Cog's current API (`BaseRunner`, `run()`): the deprecated `BasePredictor`/`predict()` would print deprecation
+warnings into the server's logs; the schema is the same either way (tests/test_schema.py proves it byte for byte).
+Each prediction's key figures (seed, steps, path, LoRA events, stage times) are recorded as Cog metrics.
 """
 
+import sys
+import time
 from typing import Optional
 
 import cog.types
-from cog import BasePredictor, Input, Path
+from cog import BaseRunner, Input, Path
 
 from generation import input_urls
 from generation.errors import UserInputError
 from generation.logs import configure_logging
 from generation.request import GenerationRequest, LoraChoice
-from generation.service import GenerationService
+from serverconfig import ServerConfig
 
-# Cog downloads image/mask URLs before predict() runs, with no address check or size cap of its own; from
-# here on they download under the LoRA address policy, timeouts and the input-image cap (see input_urls).
-input_urls.install(cog.types)
+# coglet hands setup()'s output to /health-check asynchronously, and lines still on their way when setup() returns
+# are dropped from the setup logs (measured with coglet 0.23.1); a short pause lets the last lines arrive.
+SETUP_LOG_SETTLE_SECONDS = 0.2
 
 PROMPT = (
     "Prompt for generated image. If you include the `trigger_word` used in the training process you are "
@@ -93,18 +99,27 @@ EXTRA_LORA_SCALE = (
 )
 
 
-class Predictor(BasePredictor):
+class Predictor(BaseRunner):
     """FLUX.1 [dev]/[schnell] with a LoRA chosen per request (`replicate_weights`) and an extra LoRA."""
 
     def setup(self, weights: Optional[str] = None) -> None:
+        # Imported here, not at the top: the schema generator (script/serve, script/predict) imports this module,
+        # and the service's imports (torch, diffusers) would add seconds to every schema build.
+        from generation.service import GenerationService
+
         configure_logging()
         # Cog passes COG_WEIGHTS as a raw string; it is the default main LoRA when a request names none.
         self.default_lora = str(weights) if weights else None
-        self.service = GenerationService.from_env()
+        config = ServerConfig.from_env()  # every setting, read once; a bad value fails setup naming its variable
+        # Cog downloads image/mask URLs before run() runs, with no address check or size cap of its own; from
+        # here on they download under the configured address policy, timeouts and the input-image cap.
+        input_urls.install(cog.types, config)
+        self.service = GenerationService.from_config(config)
         if self.default_lora:
             self.service.loras.preload(self.default_lora)
+        _settle_setup_logs()
 
-    def predict(
+    def run(
         self,
         prompt: str = Input(description=PROMPT),
         image: Optional[Path] = Input(description=IMAGE, default=None),
@@ -146,7 +161,10 @@ class Predictor(BasePredictor):
             main_lora=LoraChoice.of(main_lora, lora_scale),
             extra_lora=LoraChoice.of(extra_lora, extra_lora_scale),
         )
-        return [Path(p) for p in self.service.generate(request)]
+        result = self.service.generate(request)
+        for name, value in result.metrics().items():  # a no-op outside the Cog server (script/predict)
+            self.record_metric(name, value)
+        return [Path(p) for p in result.paths]
 
 
 class TrainedPredictor(Predictor):
@@ -161,7 +179,7 @@ class TrainedPredictor(Predictor):
             )
         super().setup(weights)
 
-    def predict(
+    def run(
         self,
         prompt: str = Input(description=PROMPT),
         image: Optional[Path] = Input(description=IMAGE, default=None),
@@ -190,3 +208,10 @@ class TrainedPredictor(Predictor):
 def _request_fields(arguments: dict) -> dict:
     """The predict() arguments that map one-to-one onto GenerationRequest fields."""
     return {k: v for k, v in arguments.items() if k not in ("self", "replicate_weights", "__class__")}
+
+
+def _settle_setup_logs() -> None:
+    """Give setup()'s last log lines time to reach /health-check before Cog marks setup complete."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    time.sleep(SETUP_LOG_SETTLE_SECONDS)

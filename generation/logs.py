@@ -1,15 +1,58 @@
 """Logs a user reads: plain lines on stdout (Cog turns them into the prediction's logs), stage timings
-and a line per denoising step."""
+and a line per denoising step.
+
+Logs are for people: anything a script or test needs (seed, steps, stage times, LoRA events) is also returned
+as data (`generation.result`), so a line here can be reworded without breaking anything.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
+
+# Library notices addressed to whoever wires the libraries together, never actionable by the person reading a
+# prediction's logs (and printed with an internal file path): (category, regex matched against the message start).
+IGNORED_WARNINGS = (
+    # peft, whenever a second adapter joins a model: that is how the main and the extra LoRA work.
+    (UserWarning, r"Already found a `peft_config` attribute"),
+    # Deprecations and planned changes in libraries are for this project's developers (pinned versions).
+    (DeprecationWarning, ""),
+    (FutureWarning, ""),
+)
+
+# Lines libraries log when first imported (setup) about features this server does not use; README, "Quick start".
+IGNORED_NOTICES = {
+    "torchao": "Failed to load ",  # its mxfp8/cutlass kernels (not used: go_fast's fp8 runs torch._scaled_mm)
+    "torch.utils._pytree": "<enum ",  # torchao registering enums the way torch is deprecating
+    "diffusers.quantizers.torchao.torchao_quantizer": "Unable to import `torchao` Tensor objects",
+}
+
+
+class _KnownNotice(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+def quiet_import_notices() -> None:
+    """Drop the notices above; everything else those libraries log still shows."""
+    for name, prefix in IGNORED_NOTICES.items():
+        logger_ = logging.getLogger(name)
+        if not any(isinstance(f, _KnownNotice) for f in logger_.filters):
+            logger_.addFilter(_KnownNotice(prefix))
+
+
+quiet_import_notices()  # now, at import: these libraries log while being imported, before setup() can run
 
 
 class _PlainFormatter(logging.Formatter):
@@ -32,9 +75,10 @@ def configure_logging(level: int = logging.INFO) -> None:
     handler._flux_server = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
-    for name in ("generation", "weights", "lora_loader", "predict", "__main__"):
+    for name in ("generation", "weights", "lora_loader", "guarded_download", "predict", "__main__"):
         logging.getLogger(name).setLevel(level)
     _quiet_libraries()
+    _tame_warnings()
 
 
 def _quiet_libraries() -> None:
@@ -46,16 +90,54 @@ def _quiet_libraries() -> None:
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
     hub_utils.disable_progress_bars()
-    for name in ("httpx", "httpx2", "httpcore"):
+    for name in ("httpx", "httpx2", "httpcore", "httpcore2"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _tame_warnings() -> None:
+    """Drop the library notices above; any other warning becomes one plain "Warning: ..." log line instead of
+    Python's two lines with a source path and code excerpt."""
+    for category, message in IGNORED_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    warnings.showwarning = _log_warning
+
+
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    logger.warning("%s", message)
+
+
+@dataclass
+class Elapsed:
+    """A stage's duration, filled in when the stage ends."""
+
+    seconds: float = 0.0
+
+
 @contextmanager
-def stage(name: str) -> Iterator[None]:
-    """Log how long a stage took, so slow predictions show where the time went."""
+def stage(name: str) -> Iterator[Elapsed]:
+    """Log how long a stage took, so slow predictions show where the time went; yields the duration too."""
+    elapsed = Elapsed()
     start = time.perf_counter()
-    yield
-    logger.info("%s took %.2f s", name, time.perf_counter() - start)
+    yield elapsed
+    elapsed.seconds = time.perf_counter() - start
+    logger.info("%s took %.2f s", name, elapsed.seconds)
+
+
+class StageTimes:
+    """One prediction's stage durations under stable keys (the names scripts and metrics read), while each
+    stage still logs its time for people. A stage entered several times (once per output) adds up."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, key: str, label: str) -> Iterator[None]:
+        with stage(label) as elapsed:
+            yield
+        self.add(key, elapsed.seconds)
+
+    def add(self, key: str, seconds: float) -> None:
+        self.seconds[key] = self.seconds.get(key, 0.0) + seconds
 
 
 def step_logger(label: str, total_steps: int) -> Callable:

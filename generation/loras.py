@@ -1,10 +1,15 @@
 """A request's LoRAs onto the model: fetch each source (cached), attach main and extra with their scales,
-and tell the user when the prompt lacks the trigger word a LoRA was trained with."""
+and tell the user when the prompt lacks the trigger word a LoRA was trained with. What happened to each LoRA
+(cache hit or download, attached or only re-scaled) is returned as data (`generation.result.AppliedLoras`)."""
 
 from __future__ import annotations
 
 import logging
+import os
 import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 from lora_loader import LoraFetcher
 from lora_loader.adapters import AdapterManager, LoraSpec
@@ -12,6 +17,7 @@ from lora_loader.errors import prefixed
 
 from .logs import stage
 from .request import GenerationRequest, LoraChoice
+from .result import AppliedLoras, FetchOutcome, LoraEvent
 
 logger = logging.getLogger(__name__)
 
@@ -32,21 +38,25 @@ class LoraStage:
         self.plain = plain
         self.fast = fast  # lora_loader.hotswap.HotswapAdapterManager, when the fp8 path was built
 
-    def apply(self, request: GenerationRequest, fast_path: bool) -> bool:
-        """Make `request.model` carry exactly the request's LoRAs; returns whether the fast path can run them.
+    def apply(self, request: GenerationRequest, fast_path: bool) -> AppliedLoras:
+        """Make `request.model` carry exactly the request's LoRAs; says whether the fast path can run them.
         The multiplier follows the path that runs: a go_fast request that falls back to bf16 gets bf16 scales."""
         if not (request.main_lora or request.extra_lora) and not self._any_resident():
-            return fast_path
-        with stage("LoRAs"):
-            main = self._spec(request.main_lora, request.prompt, "main LoRA")
-            extra = self._spec(request.extra_lora, request.prompt, "extra_lora")
-            fast_path = fast_path and self._apply_fast(request.model, main, extra)
+            return AppliedLoras(fast=fast_path)
+        with stage("LoRAs") as elapsed:
+            before = self._resident_labels()
+            main = self._fetch(request.main_lora, request.prompt, "main")
+            extra = self._fetch(request.extra_lora, request.prompt, "extra")
+            specs = (main and main.spec, extra and extra.spec)
+            fast_path = fast_path and self._apply_fast(request.model, *specs)
             if not fast_path:
-                self.plain.apply(request.model, main, extra)
+                self.plain.apply(request.model, *specs)
                 if self.fast is not None and self.fast.resident:
                     self.fast.empty()
-        logger.info("LoRA adapters resident: %d", len(self.plain.resident) + len(self._fast_resident()))
-        return fast_path
+        resident = len(self.plain.resident) + len(self._fast_resident())
+        logger.info("LoRA adapters resident: %d", resident)
+        events = tuple(f.event(request.model, before) for f in (main, extra) if f is not None)
+        return AppliedLoras(fast=fast_path, events=events, resident=resident, seconds=elapsed.seconds)
 
     def _apply_fast(self, model: str, main: LoraSpec | None, extra: LoraSpec | None) -> bool:
         from lora_loader.hotswap import NotHotswappable
@@ -66,6 +76,10 @@ class LoraStage:
     def _any_resident(self) -> bool:
         return bool(self.plain.resident or self._fast_resident())
 
+    def _resident_labels(self) -> set[tuple[str, str]]:
+        """(model, LoRA label) of every adapter held now, to tell an attach from a re-scale afterwards."""
+        return {(lora.model, lora.label) for lora in (*self.plain.resident, *self._fast_resident())}
+
     def preload(self, source: str, model: str = "dev") -> None:
         """Download and attach a LoRA ahead of the first request (a trained model's own weights, at setup),
         so that request only re-scales it and a broken LoRA fails setup instead of every prediction."""
@@ -78,11 +92,14 @@ class LoraStage:
             spec = LoraSpec(key=lora.key, path=lora.path, scale=1.0, source=lora.source)
             self.plain.apply(model, spec, None)
 
-    def _spec(self, choice: LoraChoice | None, prompt: str, role: str) -> LoraSpec | None:
+    def _fetch(self, choice: LoraChoice | None, prompt: str, role: str) -> _Fetched | None:
         if choice is None:
             return None
-        with prefixed(role):
+        cached = self._cached_keys()
+        start = time.perf_counter()
+        with prefixed("main LoRA" if role == "main" else "extra_lora"):
             lora = self.fetcher.fetch(choice.source)
+        seconds = time.perf_counter() - start
         missing = missing_trigger_words(prompt, lora.trigger_words)
         if missing:
             logger.info(
@@ -91,7 +108,34 @@ class LoraStage:
                 lora.source,
                 " / ".join(repr(word) for word in missing),
             )
-        return LoraSpec(key=lora.key, path=lora.path, scale=choice.scale, source=lora.source)
+        spec = LoraSpec(key=lora.key, path=lora.path, scale=choice.scale, source=lora.source)
+        return _Fetched(role, spec, self._fetch_outcome(lora.key, lora.path, cached), seconds)
+
+    def _cached_keys(self) -> set[str]:
+        """The entries in the disk cache now; a key absent before a fetch and present after was downloaded."""
+        try:
+            return set(os.listdir(self.fetcher.cache.entries_dir))
+        except OSError:
+            return set()
+
+    def _fetch_outcome(self, key: str, path: Path, cached_before: set[str]) -> FetchOutcome:
+        if not path.is_relative_to(self.fetcher.cache.entries_dir):
+            return "local"  # a local .safetensors file is read in place, never copied into the cache
+        return "cache" if key in cached_before else "download"
+
+
+@dataclass(frozen=True)
+class _Fetched:
+    """One LoRA of a request, fetched and ready to attach, with how it was had."""
+
+    role: str
+    spec: LoraSpec
+    fetch: FetchOutcome
+    seconds: float
+
+    def event(self, model: str, resident_before: set[tuple[str, str]]) -> LoraEvent:
+        attach = "rescaled" if (model, self.spec.label) in resident_before else "attached"
+        return LoraEvent(self.role, self.spec.label, self.spec.scale, self.fetch, attach, self.seconds)
 
 
 def missing_trigger_words(prompt: str, trigger_words: tuple[str, ...]) -> tuple[str, ...]:

@@ -80,6 +80,12 @@ class GenerationPlan:
     strength: float
     max_sequence_length: int
 
+    @property
+    def steps_to_run(self) -> int:
+        """The denoising steps each output runs: all of them for text-to-image; for img2img and inpainting
+        only the last ones, as `strength` decides (0.6 of 28 runs 17)."""
+        return steps_that_run(self.num_inference_steps, self.strength)
+
 
 def validate(request: GenerationRequest) -> None:
     """Reject what the schema cannot express, with a message that says what to change."""
@@ -105,7 +111,9 @@ def _check_range(name: str, value: float, low: float, high: float) -> None:
 
 
 def steps_that_run(num_inference_steps: int, strength: float) -> int:
-    """How many denoising steps diffusers runs for img2img/inpainting at this strength (its get_timesteps)."""
+    """How many denoising steps diffusers runs for img2img/inpainting at this strength (its get_timesteps):
+    it skips the first int(steps x (1 - strength)) steps, so it runs about ceil(steps x strength), at least one
+    for any strength above 0 (0.03 of 28 runs 1), and none only at strength 0."""
     init_timestep = min(num_inference_steps * strength, num_inference_steps)
     return num_inference_steps - int(max(num_inference_steps - init_timestep, 0))
 

@@ -2,7 +2,8 @@
 
 setup() cost is paid here once per process: base weights found (or downloaded), both models and the
 safety models loaded. Each `generate` call then resolves the request, applies LoRAs, denoises each
-output with its own seed, checks safety and writes the files, logging each stage's time.
+output with its own seed, checks safety and writes the files, logging each stage's time for people and
+returning the files with what it did (`GenerationResult`) for scripts, tests and metrics.
 """
 
 from __future__ import annotations
@@ -15,16 +16,19 @@ from PIL import Image
 
 from lora_loader import LoraFetcher
 from lora_loader.adapters import AdapterManager
+from serverconfig import ServerConfig
 from weights.download import ensure_weights
 from weights.layout import FLUX_DEV, FLUX_SCHNELL, NSFW_CLASSIFIER, SAFETY_CHECKER
 
 from . import images, precision
 from .errors import UserInputError
 from .fast_path import FastPath
-from .logs import stage, step_logger
+from .logs import StageTimes, stage, step_logger
 from .loras import LoraStage
 from .pipelines import FluxModels
-from .request import GenerationPlan, GenerationRequest, plan, steps_that_run
+from .precision import PathChoice
+from .request import GenerationPlan, GenerationRequest, plan
+from .result import AppliedLoras, GenerationResult
 from .safety import ALL_FLAGGED_MESSAGE, SafetyChecker
 from .seeds import generator_for
 from .settings import Settings
@@ -50,17 +54,14 @@ class GenerationService:
         self.fast_unavailable = None if fast is not None else fast_unavailable  # why go_fast runs plain
 
     @classmethod
-    def from_env(cls) -> GenerationService:
-        return cls.from_settings(Settings.from_env())
-
-    @classmethod
-    def from_settings(cls, settings: Settings, fetcher: LoraFetcher | None = None) -> GenerationService:
-        """Load everything; `fetcher` defaults to one configured from the environment (LORA_CACHE_DIR, ...)."""
+    def from_config(cls, config: ServerConfig) -> GenerationService:
+        """Load everything `config` names: base weights (found or downloaded), models, LoRA fetcher."""
+        settings = Settings.from_config(config)
         logger.info("Device %s, dtype %s, weights in %s", settings.device, settings.dtype, settings.weights_dir)
-        fetcher = fetcher or LoraFetcher.from_env()  # a mistyped LORA_* setting fails before minutes of loading
+        fetcher = LoraFetcher(config)
         with stage("Setup"):
             with stage("Finding base weights"):
-                folders = ensure_weights(settings.weights_dir)
+                folders = ensure_weights(config)
             with stage("Loading FLUX.1 [dev] and [schnell]"):
                 models = FluxModels.load(
                     folders[FLUX_DEV.name], folders[FLUX_SCHNELL.name], settings.device, settings.dtype
@@ -74,38 +75,59 @@ class GenerationService:
         loras = LoraStage(fetcher, AdapterManager(models), fast and fast.adapters)
         return cls(settings, models, safety, loras, fast, fast_unavailable)
 
-    def generate(self, request: GenerationRequest) -> list[Path]:
+    def generate(self, request: GenerationRequest) -> GenerationResult:
         # Every input is read and checked before any LoRA is downloaded: a bad mask must not cost a download.
         init_image = images.load_image(request.image) if request.image is not None else None
         resolved = plan(request, init_image.size if init_image else None)
         image, mask = self._prepare_inputs(request, resolved, init_image)
         self._log_plan(resolved)
-        custom_size = resolved.mode == "txt2img" and request.aspect_ratio == "custom"
-        choice = precision.choose_path(request.go_fast, custom_size, self.fast_unavailable)
-        # Before encoding the prompt: a LoRA may carry text-encoder layers.
-        if choice.fast and not self.loras.apply(request, fast_path=True):
-            choice = precision.PathChoice(False, "a LoRA of this request cannot be swapped into the compiled model")
-        elif not choice.fast:
-            self.loras.apply(request, fast_path=False)
-        precision.log_choice(choice, request.go_fast)
+        choice, loras = self._apply_loras(request)  # before encoding the prompt: a LoRA may carry CLIP layers
+        times = StageTimes()  # a stage that did not run (no LoRAs, safety checker off) is absent
+        if loras.events or loras.seconds:
+            times.add("loras", loras.seconds)
         models = self.fast.models if choice.fast else self.models
-        generated = self._denoise_all(request, resolved, image, mask, models)
-        kept = self._drop_unsafe(generated, request.disable_safety_checker)
-        with stage("Saving outputs"):
-            return images.save_outputs(kept, request.output_format, request.output_quality, self._fresh_output_dir())
+        generated = self._denoise_all(request, resolved, image, mask, models, times)
+        kept = self._drop_unsafe(generated, request.disable_safety_checker, times)
+        with times.stage("save", "Saving outputs"):
+            paths = images.save_outputs(kept, request.output_format, request.output_quality, self._fresh_output_dir())
+        kept_indices = {index for index, _ in kept}
+        return GenerationResult(
+            paths=paths,
+            plan=resolved,
+            path="fp8" if choice.fast else "plain",
+            path_reason=choice.reason,
+            loras=loras,
+            flagged=tuple(index for index, _ in generated if index not in kept_indices),
+            stage_seconds=times.seconds,
+        )
+
+    def _apply_loras(self, request: GenerationRequest) -> tuple[PathChoice, AppliedLoras]:
+        """The path this request runs and its LoRAs on it: go_fast falls back to the plain path when the GPU,
+        the size or one of its LoRAs cannot run on the compiled fp8 model (the log says which)."""
+        custom_size = request.mode == "txt2img" and request.aspect_ratio == "custom"
+        choice = precision.choose_path(request.go_fast, custom_size, self.fast_unavailable)
+        loras = self.loras.apply(request, fast_path=choice.fast)
+        if choice.fast and not loras.fast:
+            choice = PathChoice(False, "a LoRA of this request cannot be swapped into the compiled model")
+        precision.log_choice(choice, request.go_fast)
+        return choice, loras
 
     def _log_plan(self, resolved: GenerationPlan) -> None:
         logger.info("Using seed: %d", resolved.seed)
         if resolved.num_outputs > 1:
             logger.info("Output i uses seed %d + i, so out-i can be regenerated alone", resolved.seed)
-        detail = f", strength {resolved.strength}" if resolved.mode != "txt2img" else ""
+        steps = f"{resolved.num_inference_steps} step{'s' if resolved.num_inference_steps != 1 else ''}"
+        detail = ""
+        if resolved.mode != "txt2img":  # strength skips the first steps: say how many really run
+            steps = f"{resolved.steps_to_run} of {steps}"
+            detail = f", strength {resolved.strength}"
         logger.info(
-            "Mode %s, model %s, %dx%d, %d steps, guidance %s%s, %d output(s)",
+            "Mode %s, model %s, %dx%d, %s, guidance %s%s, %d output(s)",
             resolved.mode,
             resolved.model,
             resolved.width,
             resolved.height,
-            resolved.num_inference_steps,
+            steps,
             resolved.guidance_scale,
             detail,
             resolved.num_outputs,
@@ -129,26 +151,27 @@ class GenerationService:
         image: Image.Image | None,
         mask: Image.Image | None,
         models: FluxModels,
+        times: StageTimes,
     ) -> list[tuple[int, Image.Image]]:
-        with stage("Encoding the prompt"):
+        with times.stage("encode", "Encoding the prompt"):
             embeddings = models.encode_prompt(resolved.model, request.prompt, resolved.max_sequence_length)
-        steps = steps_that_run(resolved.num_inference_steps, resolved.strength)
         generated = []
         for index in range(resolved.num_outputs):
             name = images.output_name(index, request.output_format)
-            with stage(f"Generating {name}"):
+            with times.stage("denoise", f"Generating {name}"):
                 generator = generator_for(resolved.seed + index, self.settings.device)
-                output = models.denoise(resolved, embeddings, generator, image, mask, step_logger(name, steps))
+                on_step = step_logger(name, resolved.steps_to_run)
+                output = models.denoise(resolved, embeddings, generator, image, mask, on_step)
             generated.append((index, output))
         return generated
 
     def _drop_unsafe(
-        self, generated: list[tuple[int, Image.Image]], disable_safety_checker: bool
+        self, generated: list[tuple[int, Image.Image]], disable_safety_checker: bool, times: StageTimes
     ) -> list[tuple[int, Image.Image]]:
         if disable_safety_checker:
             logger.info("Safety checker disabled")
             return generated
-        with stage("Safety check"):
+        with times.stage("safety", "Safety check"):
             flags = self.safety.flagged([image for _, image in generated])
         kept = [pair for pair, flagged in zip(generated, flags, strict=True) if not flagged]
         for (index, _), flagged in zip(generated, flags, strict=True):

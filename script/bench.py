@@ -32,8 +32,9 @@ from diffusers import FluxPipeline, FluxTransformer2DModel  # noqa: E402
 
 from generation.logs import configure_logging  # noqa: E402
 from generation.pipelines import FluxModels  # noqa: E402
-from lora_loader import LoraFetcher, LoraSettings  # noqa: E402
+from lora_loader import LoraFetcher  # noqa: E402
 from lora_loader.adapters import AdapterManager, LoraSpec  # noqa: E402
+from serverconfig import ServerConfig  # noqa: E402
 from testkit.tiny_weights import write_tiny_weights  # noqa: E402
 from weights.layout import FLUX_DEV, FLUX_SCHNELL  # noqa: E402
 
@@ -120,8 +121,7 @@ class Session:
     """A fresh fetcher and adapter manager over one cache folder: what a server process holds."""
 
     def __init__(self, models: FluxModels, cache_dir: Path, base_url: str):
-        settings = LoraSettings(cache_dir=cache_dir, allow_private_urls=True)
-        self.fetcher = LoraFetcher(cache_dir, settings.max_bytes, settings)
+        self.fetcher = LoraFetcher(ServerConfig(lora_cache_dir=cache_dir, allow_private_urls=True))
         self.manager = AdapterManager(models)
         self.base_url = base_url
 

@@ -14,8 +14,6 @@ of one transformer step. Medians of --repeats runs after a warm-up run; CUDA-syn
 
 from __future__ import annotations
 
-import logging
-import re
 import statistics
 import tempfile
 import time
@@ -35,8 +33,9 @@ from generation.request import GenerationRequest, LoraChoice
 from generation.safety import SafetyChecker
 from generation.service import GenerationService
 from generation.settings import Settings
-from lora_loader import LoraFetcher, LoraSettings
+from lora_loader import LoraFetcher
 from lora_loader.adapters import AdapterManager
+from serverconfig import ServerConfig
 from testkit.tiny_weights import write_tiny_weights
 from weights.layout import FLUX_DEV, FLUX_SCHNELL, NSFW_CLASSIFIER, SAFETY_CHECKER
 
@@ -166,8 +165,7 @@ def _lora_stage(root: Path, models: FluxModels, fast):
 
 
 def _fetcher(root: Path, base_url: str) -> LoraFetcher:
-    settings = LoraSettings(cache_dir=root / "lora-cache", allow_private_urls=True)
-    return LoraFetcher(settings.cache_dir, settings.max_bytes, settings)
+    return LoraFetcher(ServerConfig(lora_cache_dir=root / "lora-cache", allow_private_urls=True))
 
 
 def bench_model(service, model: str, n: int, size: int, base_url: str, repeats: int) -> list[dict]:
@@ -227,40 +225,20 @@ def time_baseline(service, model: str, n: int, size: int, lora: str, repeats: in
         pipe.delete_adapters(["baseline"])
 
 
-class _DenoiseTimes(logging.Handler):
-    """Collects the service's own "Generating out-i took X s" lines: the denoising time of each output."""
-
-    PATTERN = re.compile(r"^Generating out-\d+\.\w+ took ([\d.]+) s$")
-
-    def __init__(self):
-        super().__init__()
-        self.seconds: list[float] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        match = self.PATTERN.match(record.getMessage())
-        if match:
-            self.seconds.append(float(match.group(1)))
-
-
 def time_service(service, fields: dict, repeats: int) -> list[Run]:
-    handler = _DenoiseTimes()
-    logger = logging.getLogger("generation.logs")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False  # collected, not printed: the report is the output
+    """End-to-end seconds of each request, and the denoising part of it (the result's stage times: the sum over
+    outputs of their denoising loops and VAE decodes, which end in a CPU image, so the GPU has finished)."""
     try:
         service.generate(GenerationRequest(**fields))  # warm-up (and LoRA attach)
-        runs = []
-        for _ in range(repeats):
-            handler.seconds.clear()
-            seconds = synchronized(lambda: service.generate(GenerationRequest(**fields)), service.settings.device)
-            runs.append(Run(seconds, sum(handler.seconds)))
-        return runs
+        results = []
+
+        def call() -> None:
+            results.append(service.generate(GenerationRequest(**fields)))
+
+        runs = [Run(synchronized(call, service.settings.device), 0.0) for _ in range(repeats)]
+        return [Run(run.seconds, result.stage_seconds["denoise"]) for run, result in zip(runs, results, strict=True)]
     except UserInputError as error:
         raise SystemExit(f"benchmark request refused: {error}") from error
-    finally:
-        logger.removeHandler(handler)
-        logger.propagate = True
 
 
 def lora_swap_seconds(service, base_url: str, repeats: int) -> float:

@@ -24,7 +24,7 @@ class Output:
 def generate(service, **fields) -> list[Output]:
     fields.setdefault("prompt", "a photo of TOK")
     fields.setdefault("num_inference_steps", 2)
-    paths = service.generate(GenerationRequest(**fields))
+    paths = service.generate(GenerationRequest(**fields)).paths
     return [Output(Path(p).name, Path(p).read_bytes()) for p in paths]
 
 

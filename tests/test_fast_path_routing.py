@@ -65,7 +65,7 @@ def render(service, **fields):
         disable_safety_checker=True,
         **fields,
     )
-    [path] = service.generate(GenerationRequest(**fields))
+    [path] = service.generate(GenerationRequest(**fields)).paths
     return np.asarray(Image.open(io.BytesIO(path.read_bytes())).convert("RGB"), dtype=np.int16)
 
 

@@ -1,18 +1,45 @@
-"""Every generation mode through the real diffusers pipelines on the tiny weights (CPU, fp32)."""
+"""Every generation mode through the real diffusers pipelines on the tiny weights (CPU, fp32), and the result
+each prediction returns (what ran, as data: the seed, steps, path, LoRA events, stage times, metrics)."""
 
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from generation import sizes
+from generation import logs, sizes
+from generation import service as service_module
 from generation.errors import UserInputError
-from generation.request import LoraChoice
+from generation.request import GenerationRequest, LoraChoice
+from testkit import lora_fixtures
 from testkit.fakes.lora_servers import FakeServer, lora_bytes
 from testkit.helpers import generate, solid_image
+
+METRIC_NAMES = {
+    "seed",
+    "mode",
+    "model",
+    "width",
+    "height",
+    "steps",
+    "steps_requested",
+    "outputs",
+    "outputs_flagged",
+    "path",
+    "path_reason",
+    "loras",
+    "lora_adapters_resident",
+    "stage_seconds",
+}
+
+
+def run(service, **fields):
+    """The GenerationResult of one request (testkit.helpers.generate returns only the files)."""
+    fields = {"prompt": "a photo of TOK", "num_inference_steps": 2, "megapixels": "0.25", **fields}
+    return service.generate(GenerationRequest(**fields))
 
 
 @pytest.mark.parametrize("model", ["dev", "schnell"])
@@ -63,11 +90,9 @@ def test_same_seed_same_files_and_each_output_regenerable_alone(service):
 
 def test_no_seed_is_random_and_logged(service, caplog):
     caplog.set_level("INFO")
-    a = generate(service, megapixels="0.25", output_format="png")
-    b = generate(service, megapixels="0.25", output_format="png")
-    assert a[0].data != b[0].data
-    seeds = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Using seed: ")]
-    assert len(seeds) == 2 and seeds[0] != seeds[1]
+    a, b = run(service, output_format="png"), run(service, output_format="png")
+    assert a.plan.seed != b.plan.seed and 0 <= a.plan.seed < 2**32
+    assert f"Using seed: {a.plan.seed}" in caplog.text, "DESIGN.md: the seed is logged for the person reading"
 
 
 @pytest.mark.parametrize(("fmt", "pil_format"), [("webp", "WEBP"), ("jpg", "JPEG"), ("png", "PNG")])
@@ -158,23 +183,88 @@ def test_inpainting_mask_is_resized_to_the_image(service, tmp_path):
     assert kept < repainted / 4, (kept, repainted)
 
 
-def test_go_fast_on_cpu_runs_the_plain_path_and_says_why(service, caplog):
-    caplog.set_level("INFO")
-    fast = generate(service, go_fast=True, megapixels="0.25", seed=8, output_format="png")
-    plain = generate(service, go_fast=False, megapixels="0.25", seed=8, output_format="png")
-    assert fast[0].data == plain[0].data
-    assert any(r.getMessage().startswith("go_fast: fp8 needs a CUDA GPU") for r in caplog.records)
+def test_go_fast_on_cpu_runs_the_plain_path_and_says_why(service):
+    fast = run(service, go_fast=True, seed=8, output_format="png")
+    assert (fast.path, fast.metrics()["path"]) == ("plain", "plain")
+    assert fast.path_reason.startswith("fp8 needs a CUDA GPU")
+    fast_bytes = fast.paths[0].read_bytes()
+    plain = run(service, go_fast=False, seed=8, output_format="png")
+    assert plain.path_reason == "go_fast is off"
+    assert fast_bytes == plain.paths[0].read_bytes(), "the same plain path both times"
 
 
-def test_logs_name_seed_size_mode_steps_and_stage_times(service, caplog):
+def test_the_result_says_what_ran(service):
+    result = run(service, seed=77, num_inference_steps=3, aspect_ratio="16:9", num_outputs=2)
+    metrics = result.metrics()
+    assert set(metrics) == METRIC_NAMES, "README, Metrics: names are a contract"
+    assert json.loads(json.dumps(metrics)) == metrics, "JSON values only, as Cog records them"
+    assert {k: metrics[k] for k in ("seed", "mode", "model", "width", "height", "steps", "steps_requested")} == {
+        "seed": 77,
+        "mode": "txt2img",
+        "model": "dev",
+        "width": 672,
+        "height": 384,
+        "steps": 3,
+        "steps_requested": 3,
+    }
+    assert (metrics["outputs"], metrics["outputs_flagged"], metrics["loras"]) == (2, 0, [])
+    assert set(metrics["stage_seconds"]) == {"encode", "denoise", "safety", "save"}, "no LoRA stage without LoRAs"
+    assert all(seconds > 0 for seconds in metrics["stage_seconds"].values())
+    assert [p.name for p in result.paths] == ["out-0.webp", "out-1.webp"]
+
+
+def test_img2img_runs_the_steps_strength_leaves_and_says_so(service, tmp_path, monkeypatch, caplog):
+    """0.6 of 10 steps runs 6 (diffusers skips the first 4): counted at the pipeline's step callback."""
+    calls = []
+
+    def counting_step_logger(label, total_steps):
+        inner = logs.step_logger(label, total_steps)
+
+        def on_step_end(*args):
+            calls.append(total_steps)
+            return inner(*args)
+
+        return on_step_end
+
+    monkeypatch.setattr(service_module, "step_logger", counting_step_logger)
     caplog.set_level("INFO")
-    generate(service, seed=77, num_inference_steps=3, megapixels="0.25", aspect_ratio="16:9")
-    messages = [r.getMessage() for r in caplog.records]
-    assert "Using seed: 77" in messages
-    assert any(m.startswith("Mode txt2img, model dev, 672x384, 3 steps") for m in messages)
-    assert [m.split(" (")[0] for m in messages if " step " in m] == [f"out-0.webp step {i}/3" for i in (1, 2, 3)]
-    assert any(m.startswith("Generating out-0.webp took ") for m in messages)
-    assert any(m.startswith("Safety check took ") for m in messages)
+    image = solid_image(tmp_path / "in.png", (64, 64))
+    result = run(service, image=image, prompt_strength=0.6, num_inference_steps=10, seed=1)
+    assert (result.steps, result.metrics()["steps_requested"], result.plan.mode) == (6, 10, "img2img")
+    assert calls == [6] * 6
+    assert "6 of 10 steps" in caplog.text  # the plan line a person reads says what runs
+
+
+def test_flagged_outputs_are_counted(service, monkeypatch):
+    monkeypatch.setattr(service.safety, "flagged", lambda images: [i == 1 for i in range(len(images))])
+    result = run(service, num_outputs=3, seed=2)
+    assert [p.name for p in result.paths] == ["out-0.webp", "out-2.webp"]
+    assert (result.flagged, result.metrics()["outputs_flagged"]) == ((1,), 1)
+
+
+def test_lora_events_say_downloaded_then_cached_and_rescaled(service, tmp_path):
+    pipe = service.models.pipeline("dev", "txt2img")
+    shapes = lora_fixtures.linear_shapes(pipe.transformer), lora_fixtures.linear_shapes(pipe.text_encoder)
+    data = lora_fixtures.write_fixture("diffusers", tmp_path, *shapes, seed=31).path.read_bytes()
+    try:
+        with FakeServer() as site:
+            url = site.add_file("/events.safetensors", data)
+            first = run(service, main_lora=LoraChoice(url, 0.7), num_inference_steps=1)
+            again = run(service, main_lora=LoraChoice(url, 0.3), num_inference_steps=1)
+    finally:
+        run(service, num_inference_steps=1)  # no LoRA left for the other tests
+    [event] = first.metrics()["loras"]
+    assert {k: event[k] for k in ("role", "scale", "fetch", "attach")} == {
+        "role": "main",
+        "scale": 0.7,
+        "fetch": "download",
+        "attach": "attached",
+    }
+    assert event["source"] == url and event["fetch_s"] >= 0
+    [event] = again.metrics()["loras"]
+    assert (event["fetch"], event["attach"], event["scale"]) == ("cache", "rescaled", 0.3)
+    assert first.metrics()["lora_adapters_resident"] == again.metrics()["lora_adapters_resident"] == 1
+    assert again.stage_seconds["loras"] > 0
 
 
 def test_outputs_of_the_previous_prediction_are_cleaned_up(service):

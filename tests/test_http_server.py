@@ -1,15 +1,22 @@
-"""The real Cog HTTP server on the tiny weights: health, outputs, validation, failures, recovery."""
+"""The real Cog HTTP server on the tiny weights: health, outputs, validation, failures, recovery, the metrics a
+prediction records, and logs free of library warnings."""
 
 from __future__ import annotations
 
 import base64
 import io
+import re
 
 import httpx
 import pytest
 from PIL import Image
 
 from testkit.cog_server import CogServer
+from testkit.fakes.lora_servers import FakeServer
+from testkit.lora_sites import tiny_lora_bytes, tiny_lora_shapes
+
+# What Python's warnings and libraries' notices look like in a log: a category, a deprecation, a source path.
+LIBRARY_NOISE = re.compile(r"Warning|deprecat|\.py:\d+|Failed to load|Enum subclass", re.IGNORECASE)
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +25,18 @@ def server(tiny_env, tmp_path_factory):
     running = CogServer(tiny_env, log_path=log).start()
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="module")
+def two_loras(tiny_weights, tmp_path_factory):
+    """URLs of two LoRAs that fit the tiny model, on a fake file site."""
+    folder = tmp_path_factory.mktemp("http-loras")
+    shapes = tiny_lora_shapes(tiny_weights)
+    with FakeServer() as site:
+        yield [
+            site.add_file(f"/{fmt}.safetensors", tiny_lora_bytes(shapes, fmt, folder, seed))
+            for fmt, seed in (("diffusers", 1), ("kohya", 2))
+        ]
 
 
 def decode(data_uri: str) -> Image.Image:
@@ -107,3 +126,32 @@ def _png_bytes(size=(64, 64)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, (255, 255, 255)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_setup_logs_are_complete_and_free_of_library_notices(server):
+    """Cog's deprecation warnings (BasePredictor, predict()) and torchao's import notices are gone, and the
+    setup's last lines reach /health-check (coglet drops lines still in flight when setup returns)."""
+    setup_logs = server.health()["setup"]["logs"]
+    assert "Setup took" in setup_logs
+    assert not LIBRARY_NOISE.search(setup_logs), LIBRARY_NOISE.search(setup_logs)
+
+
+def test_two_loras_record_metrics_and_log_no_library_warnings(server, two_loras):
+    main, extra = two_loras
+    inputs = dict(prompt="x", num_inference_steps=2, megapixels="0.25", seed=5, extra_lora_scale=0.5)
+    body = succeeded(server.predict(**inputs, replicate_weights=main, extra_lora=extra))
+    metrics = body["metrics"]
+    assert {k: metrics[k] for k in ("seed", "steps", "path", "lora_adapters_resident")} == {
+        "seed": 5,
+        "steps": 2,
+        "path": "plain",
+        "lora_adapters_resident": 2,
+    }
+    events = [(lora["role"], lora["scale"], lora["fetch"], lora["attach"]) for lora in metrics["loras"]]
+    assert events == [("main", 1.0, "download", "attached"), ("extra", 0.5, "download", "attached")]
+    assert set(metrics["stage_seconds"]) == {"loras", "encode", "denoise", "safety", "save"}
+    assert metrics["predict_time"] > 0
+    assert not LIBRARY_NOISE.search(body["logs"]), LIBRARY_NOISE.search(body["logs"])  # peft's notice above all
+
+    again = succeeded(server.predict(**inputs, replicate_weights=main, extra_lora=extra))["metrics"]
+    assert [(lora["fetch"], lora["attach"]) for lora in again["loras"]] == [("cache", "rescaled")] * 2
