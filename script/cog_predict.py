@@ -1,23 +1,30 @@
-"""Run one prediction like `cog predict`, without Docker: in this process, or against a running server.
+"""Run one prediction like `cog predict`, without Docker: in this process, or on a running Cog server.
 
     script/predict -i prompt="a photo of TOK" -i num_outputs=2 -i image=@photo.jpg
+    script/predict --json @inputs.json              # or --json @- (stdin), or --json '{"prompt": "..."}'
     script/predict --url http://127.0.0.1:5000 -i prompt="a photo of TOK"
 
-Values given with -i are typed from the OpenAPI input schema (the one the Cog server validates
-against), checked against it (ranges, enums, required), and `@file` becomes a file input. Outputs
-are written to the current folder as output.0.webp, output.1.webp, ... like the cog CLI.
+As with the cog CLI: -i values are typed from the OpenAPI input schema (the one the Cog server validates
+against) and checked against it (ranges, enums, required); `@file` is a local file, for -i and as a value in
+--json (-i wins over --json for the same input). Outputs are written as output.0.webp, output.1.webp, ...;
+`-o name.png` writes name.0.png, name.1.png (the extension given is kept, as cog keeps it), `-o name` writes
+name.0.webp, `-o folder/` writes folder/output.0.webp. The logs (seed, steps, stage times) go to stderr while
+the prediction runs, also from a server (--url); stdout lists the files written.
+
+A mistake the user can fix (invalid input, a refused LoRA, missing weights, no server at --url, a failed
+prediction) is one `error:` line and exit status 1; a traceback means a bug.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import copy
 import importlib
 import json
 import mimetypes
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,14 +34,25 @@ import jsonschema
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT_DIR = REPO_ROOT / "script"
-# The repo root first, so `predict` is the predictor module; script/ only for the schema builder.
+# The repo root first, so `predict` is the predictor module; script/ only for the schema builder and the client.
 sys.path[:] = [str(REPO_ROOT), *(p for p in sys.path if Path(p or ".").resolve() != SCRIPT_DIR), str(SCRIPT_DIR)]
 
+from cog_client import ClientError, CogClient  # noqa: E402
 from openapi_schema import build_schema, default_target  # noqa: E402
+
+from generation.errors import UserInputError  # noqa: E402
+from lora_loader.errors import LoraError  # noqa: E402
+from weights.download import WeightsDownloadError  # noqa: E402
+
+SAME_FORMAT = {".jpeg": ".jpg"}
 
 
 class UsageError(Exception):
     """Bad command-line input: printed without a traceback."""
+
+
+# Everything a user causes and can fix; anything else is a bug and keeps its traceback.
+USER_ERRORS = (UsageError, ClientError, UserInputError, LoraError, WeightsDownloadError)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -47,11 +65,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="NAME=VALUE",
         help="an input; VALUE=@path sends a local file",
     )
-    parser.add_argument("--json", metavar="FILE", help="inputs as a JSON object (- for stdin)")
+    parser.add_argument("--json", metavar="JSON", help="inputs as a JSON object: @file, @- for stdin, or the JSON")
     parser.add_argument("--url", help="a running Cog server, e.g. http://127.0.0.1:5000")
     parser.add_argument("--target", help="predictor for in-process runs (default: cog.yaml's run:)")
-    parser.add_argument("-o", "--output", default="output", help="output file prefix (default: output)")
+    parser.add_argument("-o", "--output", help="output path: name.png -> name.0.png, ... (default: output)")
     return parser.parse_args(argv)
+
+
+# -- inputs -----------------------------------------------------------------------------------------------
 
 
 def input_schema(schema: dict) -> dict:
@@ -80,19 +101,38 @@ def typed_value(name: str, raw: str, prop: dict):
     return raw
 
 
+def json_inputs(spec: str) -> dict:
+    """--json as the cog CLI reads it: `@file`, `@-` (stdin) or the JSON itself."""
+    text = spec
+    if spec.startswith("@"):
+        source = spec[1:]
+        try:
+            text = sys.stdin.read() if source == "-" else Path(source).expanduser().read_text()
+        except OSError as error:
+            raise UsageError(f"--json: cannot read {source}: {error.strerror or error}") from None
+    try:
+        values = json.loads(text)
+    except ValueError as error:
+        hint = ""
+        if spec == "-" or Path(spec).expanduser().is_file():
+            hint = f"; to read {'stdin' if spec == '-' else 'the file'}, write --json @{spec}"
+        raise UsageError(f"--json: not valid JSON ({error}){hint}") from None
+    if not isinstance(values, dict):
+        raise UsageError('--json: expected a JSON object of inputs, such as {"prompt": "a dog"}')
+    return values
+
+
 def collect_inputs(args: argparse.Namespace, schema: dict) -> dict:
     properties = schema["properties"]
-    values = {}
-    if args.json:
-        text = sys.stdin.read() if args.json == "-" else Path(args.json).read_text()
-        values.update(json.loads(text))
+    values = json_inputs(args.json) if args.json else {}
     for item in args.input:
         name, sep, raw = item.partition("=")
         if not sep:
             raise UsageError(f"-i {item!r}: expected NAME=VALUE")
-        if name not in properties:
-            raise UsageError(f"unknown input {name!r}; inputs are: {', '.join(properties)}")
-        values[name] = typed_value(name, raw, properties[name])
+        values[name] = typed_value(name, raw, properties.get(name, {}))
+    unknown = [name for name in values if name not in properties]
+    if unknown:
+        raise UsageError(f"unknown input {unknown[0]!r}; inputs are: {', '.join(properties)}")
     return values
 
 
@@ -100,17 +140,12 @@ def validate(values: dict, schema: dict) -> None:
     validator = jsonschema.Draft7Validator({k: v for k, v in schema.items() if k != "title"})
     errors = sorted(validator.iter_errors(values), key=lambda e: list(e.path))
     if errors:
-        lines = [f"{'.'.join(map(str, e.path)) or 'input'}: {e.message}" for e in errors]
-        raise UsageError("invalid input:\n  " + "\n  ".join(lines))
+        problems = [f"{'.'.join(map(str, e.path)) or 'input'}: {e.message}" for e in errors]
+        raise UsageError("invalid input: " + "; ".join(problems))
 
 
 def file_inputs(values: dict, schema: dict) -> list[str]:
-    return [n for n in values if schema["properties"][n].get("format") == "uri"]
-
-
-def data_uri(path: Path) -> str:
-    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+    return [n for n in values if schema["properties"][n].get("format") == "uri" and isinstance(values[n], str)]
 
 
 def local_file(value: str) -> Path:
@@ -120,11 +155,57 @@ def local_file(value: str) -> Path:
     return path
 
 
-def output_path(prefix: str, index: int, suffix: str) -> Path:
-    return Path(f"{prefix}.{index}{suffix}")
+def data_uri(path: Path) -> str:
+    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
 
 
-def run_in_process(args: argparse.Namespace, values: dict, schema: dict) -> list[Path]:
+# -- outputs ----------------------------------------------------------------------------------------------
+
+
+def output_paths(output: str | None, suffixes: list[str]) -> list[Path]:
+    """Where each file of a list output goes, named as the cog CLI names them: `name.ext` -> name.0.ext (the
+    given extension is kept), `name` -> name.0.<format>, an existing folder -> folder/output.0.<format>."""
+    base = Path(output or "output").expanduser()
+    if base.is_dir():
+        base = base / "output"
+    return [base.with_name(f"{base.stem}.{index}{base.suffix or suffix}") for index, suffix in enumerate(suffixes)]
+
+
+def check_writable(output: str | None) -> None:
+    """Fail before the prediction, not after minutes of it, when the outputs cannot be written."""
+    base = Path(output or "output").expanduser()
+    folder = base if base.is_dir() else base.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise UsageError(f"cannot write outputs to {folder}: no such folder, or not writable")
+
+
+def write_outputs(output: str | None, files: list[tuple[bytes, str]]) -> list[Path]:
+    written = []
+    for path, (data, suffix) in zip(output_paths(output, [s for _, s in files]), files, strict=True):
+        try:
+            path.write_bytes(data)
+        except OSError as error:
+            raise UsageError(f"cannot write {path}: {error.strerror or error}") from None
+        if SAME_FORMAT.get(path.suffix.lower(), path.suffix.lower()) != SAME_FORMAT.get(suffix, suffix):
+            print(f"note: {path} holds {suffix[1:]} data (the name comes from -o, as with cog)", file=sys.stderr)
+        written.append(path)
+    return written
+
+
+# -- running ----------------------------------------------------------------------------------------------
+
+
+def load_schema(args: argparse.Namespace) -> dict:
+    if args.url:
+        return CogClient(args.url, print_logs).schema()
+    target = args.target or default_target()
+    if not (REPO_ROOT / target.partition(":")[0]).is_file():
+        raise UsageError(f"--target {target}: no such file in {REPO_ROOT}")
+    return build_schema(target)
+
+
+def run_in_process(args: argparse.Namespace, values: dict, schema: dict) -> list[tuple[bytes, str]]:
     from cog import Path as CogPath
 
     for name in file_inputs(values, schema):
@@ -134,40 +215,22 @@ def run_in_process(args: argparse.Namespace, values: dict, schema: dict) -> list
         values.setdefault(name, prop.get("default"))
     module_name, class_name = (args.target or default_target()).split(":")
     predictor = getattr(importlib.import_module(module_name.removesuffix(".py")), class_name)()
-    from generation.errors import UserInputError
-
     started = time.perf_counter()
-    try:
+    with contextlib.redirect_stdout(sys.stderr):  # the logs, as from a server; stdout lists the files
         predictor.setup(weights=os.environ.get("COG_WEIGHTS"))
-        print(f"setup done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-        outputs = predictor.predict(**values)
-    except UserInputError as error:  # the user's mistake: the message, not a traceback
-        raise UsageError(str(error)) from None
-    written = []
-    for index, produced in enumerate(outputs):
-        target = output_path(args.output, index, Path(produced).suffix)
-        shutil.copyfile(produced, target)
-        written.append(target)
-    return written
+        print(f"setup done in {time.perf_counter() - started:.1f} s")
+        outputs = predictor.run(**values)
+    return [(Path(produced).read_bytes(), Path(produced).suffix) for produced in outputs]
 
 
-def run_on_server(args: argparse.Namespace, values: dict, schema: dict) -> list[Path]:
+def run_on_server(args: argparse.Namespace, values: dict, schema: dict) -> list[tuple[bytes, str]]:
     for name in file_inputs(values, schema):
         if values[name].startswith("@"):
             values[name] = data_uri(local_file(values[name]))
-    response = httpx.post(f"{args.url.rstrip('/')}/predictions", json={"input": values}, timeout=None)
-    body = response.json()
-    if response.status_code != 200:
-        raise UsageError(f"HTTP {response.status_code}: {json.dumps(body)}")
-    if body.get("status") != "succeeded":
-        raise UsageError(f"prediction {body.get('status')}: {body.get('error')}\n{body.get('logs') or ''}")
-    written = []
-    for index, item in enumerate(body["output"]):
-        data, suffix = fetch_output(item)
-        target = output_path(args.output, index, suffix)
-        target.write_bytes(data)
-        written.append(target)
-    return written
+    client = CogClient(args.url, print_logs)
+    client.wait_until_ready()
+    body = client.predict(values)
+    return [fetch_output(item) for item in body.get("output") or []]
 
 
 def fetch_output(item: str) -> tuple[bytes, str]:
@@ -175,25 +238,38 @@ def fetch_output(item: str) -> tuple[bytes, str]:
         header, _, payload = item.partition(",")
         mime = header[5:].split(";")[0]
         return base64.b64decode(payload), mimetypes.guess_extension(mime) or ""
-    response = httpx.get(item, follow_redirects=True, timeout=60)
-    response.raise_for_status()
+    try:
+        response = httpx.get(item, follow_redirects=True, timeout=60)
+        response.raise_for_status()
+    except httpx.HTTPError as error:
+        raise ClientError(f"could not download the output {item}: {error}") from None
     return response.content, Path(item.split("?")[0]).suffix
+
+
+def print_logs(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
+def predict(args: argparse.Namespace) -> list[Path]:
+    schema = input_schema(load_schema(args))
+    values = collect_inputs(args, schema)
+    validate(values, schema)
+    check_writable(args.output)
+    files = run_on_server(args, values, schema) if args.url else run_in_process(args, values, schema)
+    return write_outputs(args.output, files)
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
-        if args.url:
-            schema_doc = httpx.get(f"{args.url.rstrip('/')}/openapi.json", timeout=30).json()
-        else:
-            schema_doc = build_schema(args.target or default_target())
-        schema = input_schema(schema_doc)
-        values = collect_inputs(args, schema)
-        validate(values, schema)
-        written = run_on_server(args, values, schema) if args.url else run_in_process(args, values, schema)
-    except UsageError as error:
+        written = predict(args)
+    except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     for path in written:
         print(f"Written output to: {path}")
     return 0

@@ -62,7 +62,7 @@ def load_predictor(target: str):
         raise SystemExit(f"target must look like predict.py:Predictor, got {target!r}")
     module = file_part[: -len(".py")].replace("/", ".")
     with warnings.catch_warnings():
-        # cog 0.20+ warns that BasePredictor/predict() are deprecated in favour of BaseRunner/run().
+        # A target still on the deprecated BasePredictor/predict() (cog < 0.20 style) gets the same schema, unwarned.
         warnings.simplefilter("ignore", DeprecationWarning)
         return create_predictor(module, name)
 
