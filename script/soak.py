@@ -2,6 +2,7 @@
 
     script/soak                      300 predictions on the tiny weights (builds them in .tiny-weights/)
     script/soak -n 1000 --json soak.json
+    script/soak -n 30                a quick look: every target but RSS growth (see below)
     script/soak --keep               keep the work folder (server log, cache, temp folder) for a look
 
 It starts the real Cog server (`python -m cog.server.http`, as testkit/cog_server.py does) on the tiny random weights,
@@ -17,19 +18,22 @@ At the end it reports, against the targets:
   median over 20 predictions (one sample swings by a few percent): growth after the warm-up must stay under
   5%; the slope after the warm-up (MB per 100 predictions) is printed too. The warm-up (60 predictions) runs
   every request shape, including all six 1 MP sizes (one prediction in ten): each new large size raises the
-  allocator's high-water mark once, by 50-200 MB, and the plateau comes after the last of them;
-- the most "LoRA adapters resident: N" any prediction logged: never more than 2;
+  allocator's high-water mark once, by 50-200 MB, and the plateau comes after the last of them. So growth is
+  judged only after a warm-up of at least 60 and with 40 predictions after it; a shorter run prints it, marked
+  "not judged", and its warm-up defaults to half the run;
+- the most LoRA adapters any prediction left resident (its `lora_adapters_resident` metric): never more than 2;
 - temp files left: in the server's temp folder only the outputs folder, holding only the last prediction's
   files; nothing in the cache's tmp/;
-- the cache's size against LORA_CACHE_MAX_BYTES, and how many entries were evicted;
+- the cache's size against LORA_CACHE_MAX_BYTES, how many LoRAs were downloaded (the predictions' `loras` metrics)
+  and how many entries were evicted (entries gone from the cache folder after a prediction);
 - failed predictions: none.
 Exit status 1 when a target is missed.
 
 The cache counts an entry used in the last 60 s as in use and never evicts it (another process may be loading
 it). Predictions here take a fraction of a second, so in a few minutes' run nearly everything would count as in
-use and the cache would (by design, with a warning) stay over its cap. So, unless --real-clock, the soak moves
-every cache entry's last-used time back 60 s after each prediction, as if predictions came a minute apart:
-relative recency, and so the LRU order, is unchanged.
+use and the cache would (by design, with a warning) stay over its cap. So, unless --real-clock, the soak runs the
+server with LORA_CACHE_IN_USE_SECONDS=0, as if predictions came a minute apart: relative recency, and so the LRU
+order, is unchanged.
 """
 
 from __future__ import annotations
@@ -39,7 +43,6 @@ import base64
 import io
 import json
 import os
-import re
 import shutil
 import statistics
 import sys
@@ -59,8 +62,10 @@ from testkit.fakes.lora_servers import FakeVersion, trainer_tar  # noqa: E402
 from testkit.lora_sites import LoraSites, tiny_lora_bytes, tiny_lora_shapes  # noqa: E402
 
 RSS_GROWTH_LIMIT = 0.05
+DEFAULT_WARMUP = 60
+RSS_MIN_WARMUP = 60  # predictions until every request shape, all six 1 MP sizes included, has run once
+RSS_MIN_STEADY = 40  # predictions after the warm-up: two 20-prediction windows to compare
 MAX_ADAPTERS = 2
-IN_USE_SECONDS = 60  # lora_loader.cache.DEFAULT_IN_USE_SECONDS: what --real-clock leaves in place
 URL_LORAS = 6  # distinct plain-URL LoRAs, used in turns of URL_TURN predictions: they force evictions
 URL_TURN = 12
 
@@ -93,6 +98,7 @@ class Report:
     rss_mb: dict = field(default_factory=dict)  # start, after_warmup, end, max (see summarize_rss)
     rss_growth_after_warmup: float = 0.0
     rss_trend_mb_per_100: float = 0.0  # least-squares slope after the warm-up: a leak shows here
+    rss_judged: bool = False  # whether the run was long enough to hold RSS growth to its target (rss_judgement)
     max_adapters_resident: int = 0
     leftover_temp_files: list = field(default_factory=list)
     cache_bytes: int = 0
@@ -106,10 +112,10 @@ class Report:
     aged_cache_clock: bool = True
     work_dir: str = ""
 
-    def misses(self, check_rss: bool = True) -> list[str]:
+    def misses(self) -> list[str]:
         """The targets this run missed, in words; empty when all were met."""
         missed = []
-        if check_rss and self.rss_growth_after_warmup >= RSS_GROWTH_LIMIT:
+        if self.rss_judged and self.rss_growth_after_warmup >= RSS_GROWTH_LIMIT:
             missed.append(f"RSS grew {self.rss_growth_after_warmup:.1%} after the warm-up (target < 5%)")
         if self.max_adapters_resident > MAX_ADAPTERS:
             missed.append(f"{self.max_adapters_resident} LoRA adapters were resident at once (target <= 2)")
@@ -236,14 +242,18 @@ def summarize_rss(report: Report, start: int, trace: list[int]) -> None:
         report.rss_trend_mb_per_100 = round(100 * statistics.linear_regression(range(len(steady)), steady).slope, 1)
 
 
-def age_cache_clock(cache_dir: Path, seconds: float) -> None:
-    """Move every cache entry's last-used time (its sidecar's mtime) back by `seconds`, keeping their order."""
-    for sidecar in (cache_dir / "entries").glob("*/entry.json"):
-        try:
-            stat = sidecar.stat()
-            os.utime(sidecar, (stat.st_atime - seconds, stat.st_mtime - seconds))
-        except OSError:
-            pass  # evicted meanwhile
+def rss_judgement(predictions: int, warmup: int) -> tuple[bool, str]:
+    """Whether RSS growth can be held to its target in a run of this shape, and if not, why not."""
+    if warmup < RSS_MIN_WARMUP:
+        return False, f"a warm-up of {warmup} < {RSS_MIN_WARMUP} predictions has not run every request shape yet"
+    if predictions - warmup < RSS_MIN_STEADY:
+        return False, f"{predictions - warmup} < {RSS_MIN_STEADY} predictions after the warm-up"
+    return True, ""
+
+
+def cache_keys(cache_dir: Path) -> set[str]:
+    """The committed cache entries: one that disappears between two looks was evicted."""
+    return {sidecar.parent.name for sidecar in cache_dir.glob("entries/*/entry.json")}
 
 
 def cache_size(cache_dir: Path) -> tuple[int, int]:
@@ -286,6 +296,7 @@ def run_soak(
     progress=print,
 ) -> Report:
     report = Report(predictions=predictions, warmup=warmup, aged_cache_clock=age_clock, work_dir=str(work_dir))
+    report.rss_judged = rss_judgement(predictions, warmup)[0]
     cache_dir, temp_dir = work_dir / "lora-cache", work_dir / "tmp"
     temp_dir.mkdir(parents=True, exist_ok=True)
     sites, sources, largest = start_sites(weights_dir, work_dir / "loras")
@@ -302,6 +313,8 @@ def run_soak(
         "TMPDIR": str(temp_dir),  # the outputs folder and Cog's downloaded inputs land here
         "HF_HOME": str(work_dir / "hf-home"),
     }
+    if age_clock:  # no in-use window: entries of earlier predictions are evictable at once (see above)
+        server_env["LORA_CACHE_IN_USE_SECONDS"] = "0"
     for name in ("HF_TOKEN", "CIVITAI_API_TOKEN", "REPLICATE_API_TOKEN"):
         server_env.pop(name, None)
     server = CogServer(server_env, log_path=work_dir / "server.log")
@@ -313,6 +326,7 @@ def run_soak(
         last_outputs, answered = 0, time.monotonic()
         report.setup_seconds = round(answered - started, 1)
         for i in range(predictions):
+            cached = cache_keys(cache_dir)
             response = send(server, request(i, sources), i, report, answered)
             answered = time.monotonic()
             body = response.json() if response.status_code == 200 else {"status": f"HTTP {response.status_code}"}
@@ -322,13 +336,8 @@ def run_soak(
                 )
             else:
                 last_outputs = len(body["output"])
-            logs = body.get("logs") or ""
-            for count in re.findall(r"LoRA adapters resident: (\d+)", logs):
-                report.max_adapters_resident = max(report.max_adapters_resident, int(count))
-            report.evictions += logs.count("LoRA cache: evicted")
-            report.downloads += len(re.findall(r"LoRA .*: ready \(", logs))
-            if age_clock:
-                age_cache_clock(cache_dir, IN_USE_SECONDS)
+            count_loras(report, body.get("metrics") or {})
+            report.evictions += len(cached - cache_keys(cache_dir))
             current = server_rss(server)
             trace.append(current)
             if (i + 1) % 25 == 0 or i + 1 == predictions:
@@ -352,6 +361,13 @@ def run_soak(
     return report
 
 
+def count_loras(report: Report, metrics: dict) -> None:
+    """Adapters resident and LoRAs downloaded, from the prediction's metrics (README, "Metrics")."""
+    resident = metrics.get("lora_adapters_resident", 0)
+    report.max_adapters_resident = max(report.max_adapters_resident, resident)
+    report.downloads += sum(1 for lora in metrics.get("loras", []) if lora.get("fetch") == "download")
+
+
 def send(server: CogServer, inputs: dict, index: int, report: Report, answered: float):
     """POST one prediction as a polite sequential client: a 409 (the one slot still busy) is retried shortly.
     coglet 0.23.1 can answer a prediction a moment before it frees the slot, so even a strictly sequential
@@ -365,14 +381,16 @@ def send(server: CogServer, inputs: dict, index: int, report: Report, answered: 
     return response
 
 
-def print_report(report: Report, check_rss: bool = True) -> None:
+def print_report(report: Report) -> None:
     rss = report.rss_mb
+    judged, why_not = rss_judgement(report.predictions, report.warmup)
+    target = "target < 5%" if judged else f"not judged: {why_not}"
     lines = [
         f"predictions        {report.predictions} ({report.warmup} warm-up) in {report.predict_seconds} s"
         f" ({report.predict_seconds / max(report.predictions, 1):.2f} s each); server setup {report.setup_seconds} s,"
         f" wall {report.wall_seconds} s",
         f"server RSS         start {rss['start']} MB, after warm-up {rss['after_warmup']} MB, end {rss['end']} MB,"
-        f" max {rss['max']} MB; growth after warm-up {report.rss_growth_after_warmup:+.1%} (target < 5%),"
+        f" max {rss['max']} MB; growth after warm-up {report.rss_growth_after_warmup:+.1%} ({target}),"
         f" trend {report.rss_trend_mb_per_100:+.1f} MB per 100 predictions",
         f"adapters resident  at most {report.max_adapters_resident} (target <= 2)",
         f"temp files left    {len(report.leftover_temp_files)} (target 0){': ' if report.leftover_temp_files else ''}"
@@ -383,7 +401,7 @@ def print_report(report: Report, check_rss: bool = True) -> None:
         f"failed predictions {len(report.failures)} (target 0); 409 busy answers retried: {len(report.busy_retries)}",
     ]
     print("\n".join(lines))
-    misses = report.misses(check_rss)
+    misses = report.misses()
     print("RESULT: " + ("all targets met" if not misses else "MISSED: " + "; ".join(misses)))
 
 
@@ -396,17 +414,28 @@ def ensure_tiny_weights(folder: Path) -> Path:
     return folder
 
 
-def main(argv: list[str]) -> int:
+def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="script/soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", "--predictions", type=int, default=300)
-    parser.add_argument("--warmup", type=int, default=60, help="predictions before the RSS baseline (default 60)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        help=f"predictions before the RSS baseline (default {DEFAULT_WARMUP}, or half of a shorter run)",
+    )
     parser.add_argument("--weights", type=Path, default=REPO_ROOT / ".tiny-weights", help="tiny weights folder")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (server log, cache, temp files)")
-    parser.add_argument("--real-clock", action="store_true", help="do not age the cache's LRU clock (see above)")
+    parser.add_argument("--real-clock", action="store_true", help="keep the cache's 60 s in-use window (see above)")
     args = parser.parse_args(argv)
+    if args.warmup is None:
+        args.warmup = min(DEFAULT_WARMUP, args.predictions // 2)
     if args.predictions < args.warmup + 1:
         parser.error("--predictions must be more than --warmup")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
     weights = ensure_tiny_weights(args.weights.resolve())
     work_dir = Path(tempfile.mkdtemp(prefix="flux-soak-"))
     print(f"Soak: {args.predictions} predictions, work folder {work_dir}", file=sys.stderr)
