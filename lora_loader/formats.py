@@ -5,20 +5,19 @@ matrices of a low-rank change (kohya `lora_down`/`lora_up`, PEFT `lora_A`/`lora_
 a bias change (ComfyUI `diff_b`, PEFT `lora_B.bias`), or PEFT's embedding factors. The layer part is resolved
 against the live pipeline (`targets.LoraTargets`), whichever vocabulary it is written in:
 
-| format (example key)                                                        | trainers                             |
-|-----------------------------------------------------------------------------|--------------------------------------|
-| diffusers/PEFT `transformer.transformer_blocks.0.attn.to_q.lora_A.weight`   | ai-toolkit (Replicate), diffusers,   |
-|   (+ `text_encoder.` CLIP, `text_encoder_2.` T5 layers)                     | SimpleTuner, OneTrainer "diffusers"  |
-| PEFT without the prefix (`transformer_blocks.0.…`, `base_model.model.…`)    | raw PEFT saves, DiffSynth            |
-| BFL names, PEFT tensors (`diffusion_model.double_blocks.0.img_attn.qkv.lora_A…`) + | OneTrainer "ComfyUI"         |
-|   `text_encoders.clip_l.transformer.…`, `text_encoders.t5xxl.transformer.…` |                                      |
-| kohya (`lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`, `.alpha`) | sd-scripts, OneTrainer "kohya"       |
-|   + `lora_te1_` CLIP, `lora_te3_` (sd-scripts) or `lora_te2_` (OneTrainer) T5 |                                    |
-| ComfyUI (`diffusion_model.double_blocks.0.img_attn.qkv.lora_down…`, `.diff_b`) | ComfyUI's Train LoRA node         |
-| kohya mixture (`lora_transformer_transformer_blocks_0_attn_to_q.lora_down…`) | OneTrainer "legacy"                 |
-| LyCORIS names (`lycoris_transformer_blocks_0_attn_to_q.lora_down…`)         | SimpleTuner with LyCORIS `lora`      |
-| OMI (`transformer.double_blocks.0.img_attn.qkv.0.lora_down…`, `clip_l.`, `t5.`) | OneTrainer "OMI"                 |
-| XLabs (`double_blocks.0.processor.qkv_lora1.down.weight`)                   | XLabs x-flux                         |
+- diffusers/PEFT: `transformer.transformer_blocks.0.attn.to_q.lora_A.weight`, `text_encoder.` (CLIP),
+  `text_encoder_2.` (T5); ai-toolkit (Replicate's trainer), diffusers, SimpleTuner, OneTrainer "diffusers".
+- PEFT without the prefix: `transformer_blocks.0.…`, `base_model.model.…`; raw PEFT saves.
+- BFL names with PEFT tensors: `diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight`, with
+  `text_encoders.clip_l.transformer.…` and `text_encoders.t5xxl.transformer.…`; OneTrainer "ComfyUI".
+- kohya: `lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight` + `.alpha`, `lora_te1_` CLIP, `lora_te3_`
+  (sd-scripts) or `lora_te2_` (OneTrainer) T5; sd-scripts, OneTrainer "kohya".
+- ComfyUI: `diffusion_model.double_blocks.0.img_attn.qkv.lora_down.weight`, `.diff_b`, and its generic
+  `text_encoders.<weight>` names (CLIP embeddings too); ComfyUI's Train LoRA node.
+- kohya mixture: `lora_transformer_transformer_blocks_0_attn_to_q.lora_down.weight`; OneTrainer "legacy".
+- LyCORIS names: `lycoris_transformer_blocks_0_attn_to_q.lora_down.weight`; SimpleTuner with LyCORIS `lora`.
+- OMI: `transformer.double_blocks.0.img_attn.qkv.0.lora_down.weight`, `clip_l.`, `t5.`; OneTrainer "OMI".
+- XLabs: `double_blocks.0.processor.qkv_lora1.down.weight`; XLabs x-flux.
 
 What a converted LoRA is (`ConvertedLora.state_dict`): for each changed layer, keyed
 `<component>.<live layer name>.`, either `lora_A.weight` + `lora_B.weight` (+ `lora_B.bias`, the bias change, on
@@ -34,8 +33,8 @@ The rules:
 - Every tensor is checked first (`validate`): finite floats, matrices of matching rank, scalar alphas, bias
   vectors, then shapes against the live layer they land on (a LoRA for a model of another width is refused).
 - A fused BFL layer's output rows split over its diffusers layers in BFL's order (q, k, v[, mlp]); the final
-  layer's modulation swaps halves. A block-diagonal up matrix (kohya's `split_qkv`, OneTrainer's fused layers)
-  gives each part only its own rank columns, so nothing is carried as zeros.
+  layer's modulation swaps halves. A block-diagonal up matrix (kohya's `split_qkv`) gives each part only its own
+  rank columns, so nothing is carried as zeros (and the compiled path's rank limit applies per part).
 - Two file layers landing on one diffusers layer (OMI's split pieces never do, but a file mixing vocabularies
   might) add up, as every loader applies them: their ranks are concatenated.
 
@@ -548,8 +547,8 @@ def _down_key(group: _Group) -> str:
 
 
 def _own_columns(down: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The part of a fused layer's LoRA that one of its parts uses: a block-diagonal up matrix (kohya split_qkv,
-    OneTrainer) gives each part zero columns outside its own rank block, and dropping them changes nothing."""
+    """The part of a fused layer's LoRA that one of its parts uses: a block-diagonal up matrix (kohya's split_qkv)
+    gives each part zero columns outside its own rank block, and dropping them changes nothing."""
     used = (up.float().abs().sum(dim=0) > 0).nonzero().squeeze(1)  # the fastest on CPU for bf16/fp16 tensors
     if len(used) in (0, up.shape[1]):
         return down, up

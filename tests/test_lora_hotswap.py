@@ -212,7 +212,7 @@ def test_not_hotswappable_raises_before_touching_the_model(models, loras, tmp_pa
 
 
 def test_block_diagonal_fused_layers_need_only_their_own_rank(models, loras):
-    """kohya's split_qkv and OneTrainer write a fused layer as one rank-3r LoRA whose up matrix is block-diagonal;
+    """kohya's split_qkv writes a fused layer as one rank-3r LoRA whose up matrix is block-diagonal;
     each diffusers layer gets only its own r columns, so A (rank 12 on txt_attn.qkv) fits slots of rank 8."""
     manager = HotswapAdapterManager(models)
     manager.prepare(("dev",), max_rank=8)
