@@ -137,6 +137,7 @@ def test_trained_predictor_serves_its_own_weights(tiny_env, sites, tmp_path):
     finally:
         server.stop()
     assert trained["status"] == "succeeded", trained
-    assert "already loaded" in trained["logs"], "setup attached the trained LoRA; the request only re-scales it"
+    [lora] = trained["metrics"]["loras"]
+    assert lora["attach"] == "rescaled", "setup attached the trained LoRA; the request only re-scales it"
     assert len(served) == 20 and "replicate_weights" not in served
     assert (REPO_ROOT / ".cog/openapi_schema.json").read_bytes() == committed, "the tracked schema is not touched"
