@@ -524,7 +524,8 @@ def _check_layer(item: _Resolved, name: str, down, up, bias, targets: LoraTarget
             f"Tensor {_down_key(item.group)} has {down.shape[1]} {what}, but this FLUX.1 model's {name} "
             f"({COMPONENT_NAMES[item.component]}) has {layer.cols}: the LoRA was made for a model of another size."
         )
-    if bias is not None and not layer.bias:
+    if bias is not None and not layer.bias and item.group.key(BIAS).endswith(".diff_b"):
+        # ComfyUI adds diff_b to the layer's own bias; PEFT's lora_B.bias is the LoRA's and needs none.
         raise LoraError(
             f"Tensor {item.group.key(BIAS)} changes the bias of {name} ({COMPONENT_NAMES[item.component]}), "
             "which has no bias: the LoRA was made for another model."

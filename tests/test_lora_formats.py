@@ -214,3 +214,20 @@ def test_bias_change_without_a_pair_and_clip_embeddings_apply(dev, targets, tmp_
     finally:
         adapters.detach(dev, ADAPTER)
         adapters.unload(dev)
+
+
+def test_a_diff_b_needs_the_layers_own_bias_but_a_peft_lora_bias_does_not(dev, targets, tmp_path):
+    """T5's Linear layers have no bias: ComfyUI's diff_b (added to that bias) cannot apply there, PEFT's
+    lora_B.bias (the LoRA's own bias) can."""
+    t5 = "encoder.block.0.layer.0.SelfAttention.q"
+    pair = {
+        f"text_encoder_2.{t5}.lora_A.weight": torch.ones(2, 32),
+        f"text_encoder_2.{t5}.lora_B.weight": torch.ones(32, 2),
+    }
+    refused = rewritten(tmp_path / "a", dev, lambda t: t.update(pair | {f"text_encoder_2.{t5}.diff_b": torch.ones(32)}))
+    with pytest.raises(LoraError, match="which has no bias"):
+        load_lora_state_dict(refused, targets)
+    applied = rewritten(
+        tmp_path / "b", dev, lambda t: t.update(pair | {f"text_encoder_2.{t5}.lora_B.bias": torch.ones(32)})
+    )
+    assert load_lora_state_dict(applied, targets).has_bias("text_encoder_2")
