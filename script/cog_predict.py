@@ -175,6 +175,8 @@ def output_paths(output: str | None, suffixes: list[str]) -> list[Path]:
 def check_writable(output: str | None) -> None:
     """Fail before the prediction, not after minutes of it, when the outputs cannot be written."""
     base = Path(output or "output").expanduser()
+    if output and output.endswith("/") and not base.is_dir():
+        raise UsageError(f"no such folder: {output}")
     folder = base if base.is_dir() else base.parent
     if not folder.is_dir() or not os.access(folder, os.W_OK):
         raise UsageError(f"cannot write outputs to {folder}: no such folder, or not writable")
