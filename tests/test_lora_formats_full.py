@@ -59,6 +59,16 @@ TRAINED = {
 TRAINERS = sorted(trainer_loras.TRAINERS)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Thousands of small per-layer tensor ops: one thread is as fast, and on a shared machine several threads
+    spin-wait for each other (the suite ran 10x slower under load with two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def flux1():
     """FLUX.1 [dev] at its real size, in no memory."""
