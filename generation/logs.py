@@ -8,6 +8,7 @@ as data (`generation.result`), so a line here can be reworded without breaking a
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 import warnings
@@ -55,14 +56,49 @@ def quiet_import_notices() -> None:
 quiet_import_notices()  # now, at import: these libraries log while being imported, before setup() can run
 
 
+# A log line's values come from LoRA files, upstream APIs and URLs (trigger words, model names, file names), so
+# each value is escaped (no control character can start a forged line or move the cursor) and capped.
+MAX_VALUE_CHARS = 300
+MAX_LINE_CHARS = 2000
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape(text: str, limit: int) -> str:
+    """`text` on one line: control characters as escapes (\\n, \\x1b, ...), cut to `limit` characters."""
+    text = _UNSAFE.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
 class _PlainFormatter(logging.Formatter):
-    """Info lines as-is, like the reference's prints; warnings and errors say what they are."""
+    """One line per record: info lines as-is, like the reference's prints; warnings and errors say what they are.
+    Values are escaped and capped (`escape`); a traceback, logged only for bugs, keeps its own lines."""
 
     def format(self, record: logging.LogRecord) -> str:
-        message = super().format(record)
+        safe = logging.makeLogRecord({**record.__dict__, "msg": _one_line(record), "args": None})
+        message = super().format(safe)
         if record.levelno >= logging.WARNING:
             return f"{record.levelname.capitalize()}: {message}"
         return message
+
+
+def _one_line(record: logging.LogRecord) -> str:
+    args = record.args
+    if isinstance(args, tuple):
+        args = tuple(_safe_value(value) for value in args)
+    elif isinstance(args, dict):
+        args = {key: _safe_value(value) for key, value in args.items()}
+    try:
+        message = str(record.msg) % args if args else str(record.msg)
+    except (TypeError, ValueError):  # a malformed call: show what there is rather than lose the line
+        message = f"{record.msg} {args!r}"
+    return escape(message, MAX_LINE_CHARS)
+
+
+def _safe_value(value: object) -> object:
+    """Numbers stay numbers (for %d and %.2f); anything else becomes escaped, capped text."""
+    if isinstance(value, int | float):
+        return value
+    return escape(str(value), MAX_VALUE_CHARS)
 
 
 def configure_logging(level: int = logging.INFO) -> None:

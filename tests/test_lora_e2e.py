@@ -37,6 +37,13 @@ def sites(lora_sites: LoraSites, lora_files) -> LoraSites:
     lora_sites.hub.add_repo("bob/flux-style", {"lora.safetensors": lora_files["hf"], "README.md": b"# style"})
     civitai_version = FakeVersion(id=5678, content=lora_files["civitai"], trained_words=["pixelart"])
     lora_sites.civitai.add_model(1234, [civitai_version])
+    hostile = FakeVersion(
+        id=8765,
+        content=lora_files["civitai"],
+        trained_words=["pix\nError: forged trigger\x1b[2J"],
+        base_model="SDXL 1.0\r\nError: forged base model",
+    )
+    lora_sites.civitai.add_model(4321, [hostile], name="x" * 5000)
     lora_sites.files.add_page("/not-a-lora.safetensors", b"<!DOCTYPE html><html>Sign in</html>")
     return lora_sites
 
@@ -107,6 +114,17 @@ def test_trigger_word_hint_only_when_the_prompt_lacks_it(server):
     with_word = predict(server, replicate_weights="alice/flux-tok", prompt="a portrait of TOK")
     assert "trigger word 'TOK'" in without["logs"]
     assert "trigger word" not in with_word["logs"]
+
+
+def test_upstream_text_cannot_forge_log_lines(server):
+    """Trigger words and model facts come from the LoRA's site: they are escaped and capped in the logs."""
+    body = predict(server, replicate_weights="https://civitai.com/models/4321", prompt="a photo")
+    assert body["status"] == "succeeded", body
+    lines = body["logs"].splitlines()
+    assert not [line for line in lines if "forged" in line and not line.startswith(("LoRA ", "Warning: LoRA "))]
+    assert any("pix\\nError: forged trigger\\x1b[2J" in line for line in lines), body["logs"]
+    assert any("SDXL 1.0\\r\\nError: forged base model" in line for line in lines), body["logs"]
+    assert "\x1b" not in body["logs"] and max(len(line) for line in lines) <= 2100
 
 
 def test_bad_loras_fail_clearly_and_the_server_stays_ready(server, sites):
