@@ -26,6 +26,8 @@ from lora_loader import formats
 RANK = 4
 
 # BFL layer (block 0 of the tiny model) -> the diffusers layers its output rows are split over, in order.
+# Written out again on purpose rather than imported from lora_loader.targets: these fixtures state independently
+# what a trainer's file means, so a mistake in the product's table cannot make its own tests pass.
 BFL_DOUBLE = {
     "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
     "img_attn.proj": ("attn.to_out.0",),
