@@ -5,11 +5,15 @@ which setting an operator changes.
     DownloadError                 anything below; never raised itself
     ├── Refused                   the request was not sent: the URL is not one this downloader may fetch
     │   ├── SchemeRefused         not http:// or https://
+    │   ├── MalformedURL          a host or port no request can use (`urls.check_url`)
     │   └── AddressRefused        the host is, or resolves to, a refused address (loopback, private,
     │                             link-local / cloud metadata, reserved), checked again on every redirect
     ├── ResolutionFailed          the host name does not resolve (the transport retries this as a connect
     │                             error; `AddressPolicy.check` raises it directly)
     ├── TooLarge                  announced or received size above the `SizeLimit`; nothing is kept
+    ├── TooSlow                   the download would hold the server too long (`pace`); not retried
+    │   ├── BelowMinimumRate      fewer bytes over a window than the minimum rate asks
+    │   └── PastDeadline          longer than the download's deadline, retries included
     ├── HTTPStatusError           a final error status (4xx, or 5xx after the retries); the caller words it
     ├── UnusableAnswer            an answer no retry would change
     │   ├── TooManyRedirects      a redirect loop
@@ -44,6 +48,14 @@ class SchemeRefused(Refused):
         super().__init__(f"Downloads of {subject} use http or https, not {scheme}://.")
 
 
+class MalformedURL(Refused):
+    """A URL whose host or port no request can use; `url` is redacted, `why` says what is wrong."""
+
+    def __init__(self, url: str, why: str) -> None:
+        self.url, self.why = url, why
+        super().__init__(f"{url} is not a valid URL: {why}. Check the URL.")
+
+
 class AddressRefused(Refused):
     """The host is one the policy refuses; the message names the host and why, never the URL."""
 
@@ -64,6 +76,22 @@ class TooLarge(DownloadError):
     def __init__(self, what: str, size: int, max_bytes: int, message: str) -> None:
         self.what, self.size, self.max_bytes = what, size, max_bytes
         super().__init__(message)
+
+
+class TooSlow(DownloadError):
+    """The download would hold the server for too long; retrying would only hold it longer."""
+
+    def __init__(self, what: str, message: str) -> None:
+        self.what = what
+        super().__init__(message)
+
+
+class BelowMinimumRate(TooSlow):
+    pass
+
+
+class PastDeadline(TooSlow):
+    pass
 
 
 class HTTPStatusError(DownloadError):

@@ -16,7 +16,8 @@ from typing import TypeVar
 
 import httpx2
 
-from .errors import DownloadError, GaveUp, TooManyRedirects, UndecodableBody
+from .errors import DownloadError, GaveUp, TooManyRedirects, UndecodableBody, UnusableAnswer
+from .pace import Stopwatch
 
 T = TypeVar("T")
 
@@ -47,31 +48,38 @@ class Transient(Exception):
 
 
 RETRIED = (httpx2.TransportError, Transient)  # what the retry loops catch and try again
-FINAL = (httpx2.TooManyRedirects, httpx2.DecodingError)  # what they turn into an error at once
+FINAL = (httpx2.TooManyRedirects, httpx2.DecodingError, httpx2.InvalidURL)  # what they turn into an error at once
 
 
 def transient_status(response: httpx2.Response) -> Transient:
     return Transient(f"HTTP {response.status_code}", retry_after(response))
 
 
-def retrying(attempt: Callable[[], T], what: str, retry: RetryPolicy) -> T:
-    """`attempt()`, tried up to `retry.attempts` times while it fails transiently."""
+def retrying(attempt: Callable[[], T], what: str, retry: RetryPolicy, watch: Stopwatch | None = None) -> T:
+    """`attempt()`, tried up to `retry.attempts` times while it fails transiently, and never past `watch`'s
+    deadline (`PastDeadline`)."""
     for failures in range(1, retry.attempts + 1):
         try:
             return attempt()
         except FINAL as error:
             raise unusable(what, error) from None
         except RETRIED as error:
+            if watch is not None:
+                watch.check_deadline()
             if failures >= retry.attempts:
                 raise gave_up(what, failures, error) from error
-            retry.sleep(retry.delay(failures, getattr(error, "retry_after", None)))
+            delay = retry.delay(failures, getattr(error, "retry_after", None))
+            retry.sleep(delay if watch is None else min(delay, max(watch.remaining(), 0.0)))
     raise AssertionError("unreachable")
 
 
 def unusable(what: str, error: Exception) -> DownloadError:
-    """Answers that no retry changes: a redirect loop, or a body in an encoding it does not decode from."""
+    """Answers that no retry changes: a redirect loop, a body in an encoding it does not decode from, a URL
+    httpx2 cannot send."""
     if isinstance(error, httpx2.TooManyRedirects):
         return TooManyRedirects(f"{what} redirects again and again (more than {MAX_REDIRECTS} times). Check the URL.")
+    if isinstance(error, httpx2.InvalidURL):  # its message names the part, never the URL
+        return UnusableAnswer(f"{what} cannot be requested: {error}. Check the URL.")
     return UndecodableBody(f"{what} answered with a body that could not be decoded ({error}). Check the URL.")
 
 

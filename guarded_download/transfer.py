@@ -8,8 +8,10 @@ ETag or Last-Modified) when the server advertised `Accept-Ranges: bytes`; a serv
 or gave no validator, gets a clean restart. A body shorter than its Content-Length is a dropped connection.
 Attempts that made progress retry at once; attempts that made none back off (`retry.RetryPolicy`) and count
 against `RetryPolicy.attempts`. A server that stalls trips the read timeout, which fails the attempt like a
-dropped connection. Progress goes to this module's logger: a start line, a line per tenth (or every
-`PROGRESS_SECONDS`) for big files, and a done line with the rate.
+dropped connection. A server that keeps sending, but too slowly, is stopped by the `pace.Pace`: a minimum
+rate over a window and a deadline for the whole download, retries included (a `TooSlow` error, not retried).
+The URL is checked before anything is sent (`urls.check_url`). Progress goes to this module's logger: a
+start line, a line per tenth (or every `PROGRESS_SECONDS`) for big files, and a done line with the rate.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ import httpx2
 
 from .errors import HTTPStatusError
 from .limits import SizeLimit, format_size
+from .pace import Pace, Stopwatch
 from .retry import FINAL, RETRIED, RETRY_STATUSES, RetryPolicy, Transient, gave_up, reason, transient_status, unusable
+from .urls import check_url
 
 logger = logging.getLogger(__name__)
 
@@ -50,21 +54,28 @@ def download(
     what: str,
     limit: SizeLimit,
     retry: RetryPolicy,
+    pace: Pace | None = None,
 ) -> DownloadResult:
-    """Stream `url` into `dest` (replaced), resuming or restarting dropped connections. `what` names the
-    file in messages and log lines ("LoRA https://host/x.safetensors?…", "an input image")."""
-    state = _DownloadState(url, dict(headers), what, limit)
+    """Stream `url` into `dest` (replaced), resuming or restarting dropped connections, within `pace` (the
+    defaults of `Pace` when None). `what` names the file in messages and log lines ("LoRA
+    https://host/x.safetensors?…", "an input image")."""
+    check_url(url)
+    watch = (pace or Pace()).start(what)
+    state = _DownloadState(url, dict(headers), what, limit, watch)
     failures = total_attempts = 0
     with dest.open("wb") as out:
         while True:
             before = state.written
             total_attempts += 1
             try:
-                state.attempt(client, out)
+                watch.check_deadline()
+                with watch.timing():  # the transport reports every read to it
+                    state.attempt(client, out)
                 break
             except FINAL as error:
                 raise unusable(what, error) from None
             except RETRIED as error:
+                watch.check_deadline()
                 progressed = state.written > before
                 failures = 0 if progressed else failures + 1
                 if failures >= retry.attempts or total_attempts >= retry.max_total_attempts:
@@ -72,15 +83,16 @@ def download(
                 state.restarts += 1
                 logger.info("%s: attempt failed at %s (%s); retrying", what, format_size(state.written), reason(error))
                 if not progressed:
-                    retry.sleep(retry.delay(failures, getattr(error, "retry_after", None)))
+                    delay = retry.delay(failures, getattr(error, "retry_after", None))
+                    retry.sleep(min(delay, max(watch.remaining(), 0.0)))
     return state.finish()
 
 
 class _DownloadState:
     """What one download knows between attempts: bytes on disk, the validator, the size."""
 
-    def __init__(self, url: str, headers: dict[str, str], what: str, limit: SizeLimit) -> None:
-        self.url, self.headers, self.what, self.limit = url, headers, what, limit
+    def __init__(self, url: str, headers: dict[str, str], what: str, limit: SizeLimit, watch: Stopwatch) -> None:
+        self.url, self.headers, self.what, self.limit, self.watch = url, headers, what, limit, watch
         self.written = 0
         self.total: int | None = None
         self.validator: str | None = None  # strong ETag or Last-Modified, for If-Range
@@ -90,8 +102,10 @@ class _DownloadState:
         self.progress: _Progress | None = None
 
     def attempt(self, client: httpx2.Client, out: BinaryIO) -> None:
+        self.watch.attempt_started()
         with client.stream("GET", self.url, headers=self._request_headers()) as response:
             self._accept(response, out)
+            self.watch.expect(self.total)
             for chunk in response.iter_raw():  # as they arrive: a drop loses no received byte
                 self._write(out, chunk)
         if self.total is not None and self.written != self.total:
@@ -137,6 +151,7 @@ class _DownloadState:
             self.limit.check(self.what, self.written + len(chunk))
         out.write(chunk)
         self.written += len(chunk)
+        self.watch.advanced(self.written)
         if self.progress is not None:
             self.progress.update(self.written)
 

@@ -9,10 +9,15 @@ addresses and nothing else. The name stays what httpcore2 uses for everything el
 comes from the URL, and TLS is started by httpcore2 on the returned stream with `server_hostname` set to
 the URL's host, so SNI and certificate verification are for the name, as without pinning.
 
+Every stream the backend returns is a `PacedStream`: each read (and the TLS handshake, each write) waits no
+longer than the deadline of the download running in this thread (`pace.running()`), and each read's bytes
+count toward its minimum rate, headers included, so a server cannot drip its headers any more than its body.
+
 `GuardedTransport` is an httpx2 transport over an httpcore2 connection pool with that backend, mapping
 httpcore2's errors to httpx2's like httpx2's own transport does, so retry code sees the usual
-`httpx2.TransportError` family. Proxies are not used: through a proxy the proxy resolves the name, and
-no check here could hold (the client is built with `trust_env=False`, see `client.make_client`).
+`httpx2.TransportError` family; the pace's own errors (`TooSlow`) pass through as they are. Proxies are not
+used: through a proxy the proxy resolves the name, and no check here could hold (the client is built with
+`trust_env=False`, see `client.make_client`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import httpcore2
 import httpx2
 
 from .errors import ResolutionFailed
+from .pace import running
 from .policy import AddressPolicy
 
 # Most specific first: the first match wins.
@@ -73,7 +79,7 @@ class PinnedNetworkBackend(httpcore2.NetworkBackend):
         socket_options: Iterable | None = None,
     ) -> httpcore2.NetworkStream:
         if self.policy.allow_private:  # nothing to pin: let the system connect by name
-            return self.inner.connect_tcp(host, port, timeout, local_address, socket_options)
+            return PacedStream(self._dial(host, port, timeout, local_address, socket_options))
         try:
             addresses = self.policy.addresses(host, port)  # AddressRefused when any of them is refused
         except ResolutionFailed as error:  # as when connecting by name: a connect error, retried
@@ -81,17 +87,63 @@ class PinnedNetworkBackend(httpcore2.NetworkBackend):
         last_error: Exception | None = None
         for address in addresses:
             try:
-                return self.inner.connect_tcp(str(address), port, timeout, local_address, socket_options)
+                return PacedStream(self._dial(str(address), port, timeout, local_address, socket_options))
             except (httpcore2.ConnectError, httpcore2.ConnectTimeout) as error:
                 last_error = error  # the next address, as socket.create_connection does
         assert last_error is not None  # addresses() never returns an empty list
         raise last_error
+
+    def _dial(self, host: str, port: int, timeout, local_address, socket_options) -> httpcore2.NetworkStream:
+        watch = running()
+        if watch is not None:
+            timeout = watch.clip(timeout)
+        try:
+            return self.inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        except httpcore2.ConnectTimeout:
+            if watch is not None:
+                watch.check_deadline()  # the deadline, not the host, ended the wait
+            raise
 
     def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options=None):
         raise httpcore2.UnsupportedProtocol("Unix sockets are not used for downloads.")
 
     def sleep(self, seconds: float) -> None:
         self.inner.sleep(seconds)
+
+
+class PacedStream(httpcore2.NetworkStream):
+    """A connection's stream that answers to the download running in this thread, if any (`pace.running()`):
+    no wait outlasts its deadline, and every byte read counts toward its minimum rate."""
+
+    def __init__(self, inner: httpcore2.NetworkStream) -> None:
+        self.inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        watch = running()
+        if watch is None:
+            return self.inner.read(max_bytes, timeout)
+        try:
+            data = self.inner.read(max_bytes, watch.clip(timeout))
+        except httpcore2.ReadTimeout:
+            watch.check_deadline()  # the deadline, not the server's silence, ended the wait
+            raise
+        watch.arrived(len(data))
+        return data
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        watch = running()
+        self.inner.write(buffer, timeout if watch is None else watch.clip(timeout))
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout=None):
+        watch = running()
+        timeout = timeout if watch is None else watch.clip(timeout)
+        return PacedStream(self.inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str):
+        return self.inner.get_extra_info(info)
 
 
 class _ResponseStream(httpx2.SyncByteStream):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import httpx2
 
-from guarded_download import HTTPStatusError, RetryPolicy, bearer, get_json
+from guarded_download import HTTPStatusError, Pace, RetryPolicy, bearer, get_json
 
 from .errors import LoraError
 from .sources import CivitaiModel, CivitaiVersion
@@ -40,10 +40,10 @@ class CivitaiDownload:
 
 
 def resolve_model(
-    client: httpx2.Client, source: CivitaiModel, base_url: str, token: str | None, retry: RetryPolicy
+    client: httpx2.Client, source: CivitaiModel, base_url: str, token: str | None, retry: RetryPolicy, pace: Pace
 ) -> CivitaiDownload:
     try:
-        model = get_json(client, f"{base_url}/api/v1/models/{source.model_id}", bearer(token), retry)
+        model = get_json(client, f"{base_url}/api/v1/models/{source.model_id}", bearer(token), retry, pace)
     except HTTPStatusError as error:
         raise explain_status(error, source, token) from None
     if not isinstance(model, dict) or not isinstance(model.get("modelVersions"), list):
@@ -68,12 +68,13 @@ def resolve_model(
 
 
 def resolve_version(
-    client: httpx2.Client, source: CivitaiVersion, base_url: str, token: str | None, retry: RetryPolicy
+    client: httpx2.Client, source: CivitaiVersion, base_url: str, token: str | None, retry: RetryPolicy, pace: Pace
 ) -> CivitaiDownload:
     query = source.query or DEFAULT_FILE_QUERY
     url = f"{base_url}/api/download/models/{source.version_id}?{query}"
     try:
-        version = get_json(client, f"{base_url}/api/v1/model-versions/{source.version_id}", bearer(token), retry)
+        api_url = f"{base_url}/api/v1/model-versions/{source.version_id}"
+        version = get_json(client, api_url, bearer(token), retry, pace)
     except HTTPStatusError as error:
         if error.status == 404:
             raise explain_status(error, source, token) from None

@@ -8,9 +8,10 @@ its trigger words collected (`triggers`), and committed as a cache entry. Local 
 place and not copied, and only from the folders LORA_LOCAL_DIRS names: the LoRA string comes from whoever
 sends the prediction, and a path is a way to read the server's own files.
 
-Downloads go through `guarded_download` (address policy, pinned connections, resume, retries), configured
-from the `ServerConfig` the fetcher is given; its errors reach the user as LoraErrors, worded by each site
-where a status needs explaining, with the operator's advice from `serverconfig.downloads` otherwise.
+Downloads go through `guarded_download` (address policy, pinned connections, resume, retries, a deadline
+and a minimum rate), configured from the `ServerConfig` the fetcher is given; its errors reach the user as
+LoraErrors, worded by each site where a status needs explaining, with the operator's advice from
+`serverconfig.downloads` otherwise.
 Limits: every file is held to the tighter of LORA_MAX_FILE_BYTES and LORA_CACHE_MAX_BYTES, from the
 announced size before downloading and from the bytes while downloading (`guarded_download.SizeLimit`), for
 data: URIs and tar members too. A full disk is a LoraError that says so; the entry's work folder is removed
@@ -19,6 +20,8 @@ with whatever part was written.
 Cache keys: `<kind>-<hash>` of the source's normalized identity, the endpoint it resolves against, and
 the token scope (a short hash of the token sent, or "anonymous"), so a file fetched with a token is
 never served to a process without that token, while anonymous entries (public files) serve everyone.
+A URL's `user:password@` is such a token (`_token_for`): `http://alice:SECRET@host/x.safetensors` is cached
+for that userinfo only, and never served to `http://host/x.safetensors` or `http://mallory:guess@host/…`.
 A hit makes no network request at all, even for "latest" sources (a repo's main branch, a CivitAI
 model's newest version): clear the entry to pick up a newer upload.
 """
@@ -46,7 +49,7 @@ from guarded_download import (
     make_client,
 )
 from serverconfig import ServerConfig
-from serverconfig.downloads import address_policy, timeouts, with_advice
+from serverconfig.downloads import address_policy, pace, timeouts, with_advice
 
 from . import civitai, huggingface
 from .archives import extract_lora, is_tar
@@ -109,6 +112,7 @@ class LoraFetcher:
         self.retry = retry or RetryPolicy()
         self.policy = policy or address_policy(config, SUBJECT)
         self.timeouts = timeouts(config)
+        self.pace = pace(config)
         self.limit = SizeLimit.tightest(
             cache_limit(config.lora_cache_max_bytes), file_limit(config.lora_max_file_bytes)
         )
@@ -116,12 +120,13 @@ class LoraFetcher:
 
     def fetch(self, source: str) -> LoraFile:
         """The validated LoRA file `source` names; LoraError with advice when it cannot be had."""
+        src = parse_source(source)  # its errors show the string without its secrets already
         try:
-            return self._fetch(parse_source(source))
+            return self._fetch(src)
         except DownloadError as error:  # the downloader's words (a site's statuses were worded already)
-            raise LoraError(self._redact(with_advice(error))) from error
+            raise LoraError(self._redact(with_advice(error), src)) from error
         except LoraError as error:
-            redacted = self._redact(str(error))
+            redacted = self._redact(str(error), src)
             if redacted != str(error):
                 raise LoraError(redacted) from error.__cause__
             raise
@@ -218,7 +223,7 @@ class LoraFetcher:
     def _fetch_civitai(self, client: httpx2.Client, src: CivitaiModel | CivitaiVersion, work: Path) -> _Fetched:
         token, base = self._token_for(src), self.config.civitai_base_url
         resolve = civitai.resolve_model if isinstance(src, CivitaiModel) else civitai.resolve_version
-        target = resolve(client, src, base, token, self.retry)
+        target = resolve(client, src, base, token, self.retry, self.pace)
         try:
             payload = self._download(client, target.url, work, src.display, bearer(token))
         except HTTPStatusError as error:
@@ -234,12 +239,15 @@ class LoraFetcher:
 
     def _fetch_hf(self, src: HuggingFaceFile, work: Path) -> _Fetched:
         config = self.config
-        got = huggingface.download(src, work, endpoint=config.hf_endpoint, token=config.hf_token, limit=self.limit)
+        got = huggingface.download(
+            src, work, endpoint=config.hf_endpoint, token=config.hf_token, limit=self.limit, pace=self.pace
+        )
         return _Fetched(got.path, False, got.trigger_words, {"hf_file": got.filename})
 
     def _download(self, client: httpx2.Client, url: str, work: Path, what: str, headers: dict[str, str]) -> Path:
         dest = work / "download.part"
-        download(client, url, dest, headers=headers, what=f"LoRA {what}", limit=self.limit, retry=self.retry)
+        what = f"LoRA {what}"
+        download(client, url, dest, headers=headers, what=what, limit=self.limit, retry=self.retry, pace=self.pace)
         return dest
 
     # -- local files -----------------------------------------------------------------------------
@@ -286,7 +294,10 @@ class LoraFetcher:
     # -- keys and secrets --------------------------------------------------------------------------
 
     def _token_for(self, src: Source) -> str | None:
-        """The token a fetch of `src` sends: a CivitAI link's own `?token=`, else the site's variable."""
+        """The token a fetch of `src` sends: a URL's own `user:password@`, a CivitAI link's own `?token=`, else
+        the site's variable."""
+        if isinstance(src, HttpFile):
+            return src.credentials
         if isinstance(src, CivitaiModel | CivitaiVersion) and src.token:
             return src.token
         return {
@@ -313,11 +324,14 @@ class LoraFetcher:
         digest = hashlib.sha256(f"{identity}\0{endpoint}\0{scope}".encode()).hexdigest()[:32]
         return f"{src.kind}-{digest}"
 
-    def _redact(self, message: str) -> str:
+    def _redact(self, message: str, src: Source) -> str:
         # Our messages never include a token; library text quoted in them is not ours to vouch for.
-        for token in (self.config.hf_token, self.config.civitai_token, self.config.replicate_token):
-            if token:
-                message = message.replace(token, "***")
+        config = self.config
+        userinfo = self._token_for(src) if isinstance(src, HttpFile) else None
+        password = userinfo.partition(":")[2] if userinfo else None
+        secrets = (config.hf_token, config.civitai_token, config.replicate_token, self._token_for(src), password)
+        for secret in sorted(filter(None, secrets), key=len, reverse=True):  # the longest first: it may hold another
+            message = message.replace(secret, "***")
         return message
 
 

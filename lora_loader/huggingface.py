@@ -6,7 +6,9 @@ worded by `hub_errors`, as for the base weights, and end with the advice a LoRA 
 fall back to a token saved on disk. Never `login()`: that is process-wide and writes the token to disk.
 The file's size comes from the Hub's metadata (one HEAD) and is checked against the size limit before
 any byte is downloaded; the Hub is the operator's configured endpoint, so its word on the size is taken,
-and the size on disk is checked again afterwards.
+and the size on disk is checked again afterwards. The download is held to the same deadline and minimum
+rate as every other (`guarded_download.Pace`), through the one hook huggingface_hub offers: its progress
+bar, told of every chunk (10 MB each over HTTP, so a slow mirror is stopped at its next chunk).
 
 Which file of a repo is the LoRA (when the user names none), in order:
 1. only `*.safetensors` count, minus names with `optimizer`, `scheduler`, `checkpoint` (diffusers'
@@ -35,7 +37,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import tqdm as hf_tqdm
 
 import hub_errors
-from guarded_download import DownloadError, SizeLimit, format_size
+from guarded_download import DownloadError, Pace, SizeLimit, Stopwatch, format_size
 
 from .errors import LoraError
 from .sources import HuggingFaceFile
@@ -119,8 +121,27 @@ class _SilentProgress(hf_tqdm):
         super().__init__(*args, **kwargs)
 
 
-def download(source: HuggingFaceFile, work: Path, *, endpoint: str, token: str | None, limit: SizeLimit) -> HfDownload:
-    """Download the LoRA of `source` into `work`; LoraError for anything the user can fix."""
+def _paced(watch: Stopwatch) -> type[hf_tqdm]:
+    """A silent progress bar class that reports every chunk to `watch`, which raises when it is too slow."""
+
+    class PacedProgress(_SilentProgress):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            watch.attempt_started()
+            watch.expect(kwargs.get("total"))
+
+        def update(self, n: float | None = 1) -> bool | None:
+            if n and n > 0:  # huggingface_hub rolls the count back (n < 0) when a resume starts over
+                watch.arrived(int(n))
+            return super().update(n)
+
+    return PacedProgress
+
+
+def download(
+    source: HuggingFaceFile, work: Path, *, endpoint: str, token: str | None, limit: SizeLimit, pace: Pace
+) -> HfDownload:
+    """Download the LoRA of `source` into `work` within `pace`; LoraError for anything the user can fix."""
     token_arg: str | bool = token if token else False  # False: never a token saved on disk
     call = hub_errors.HubCall(source.repo_id, endpoint, token, source.display, source.revision, source.filename)
     with _explained(call):
@@ -140,7 +161,7 @@ def download(source: HuggingFaceFile, work: Path, *, endpoint: str, token: str |
             local_dir=work / "hf",
             endpoint=endpoint,
             token=token_arg,
-            tqdm_class=_SilentProgress,
+            tqdm_class=_paced(pace.start(what)),
         )
     path = Path(local)
     seconds = max(time.monotonic() - started, 1e-6)

@@ -3,7 +3,14 @@
 Every source knows two strings: `display`, the user's string with anything secret removed (query
 strings, userinfo, data payloads), which is all that logs, errors and sidecars ever show; and
 `identity`, the normalized string the cache keys on. Endpoints and tokens are not part of a source:
-the fetcher adds them to the key, because the same string means different files on different hubs.
+the fetcher adds them to the key, because the same string means different files on different hubs. A
+URL's `user:password@` is a credential like a token (`HttpFile.credentials`): kept out of `display` and
+`identity`, it scopes the cache entry as the fetcher's tokens do.
+
+URLs are checked here, before anything is fetched: a host or port no request could use
+(`guarded_download.url_problem`: `http://[::1/x`, `http://host:abc/x`, `http://xn--/x`, `http://0177.0.0.1/x`)
+is one LoraError saying what is wrong, and a Hugging Face file or revision with `.` or `..` segments
+(`%2e%2e` included) is refused, since the Hub would resolve them to another path than the one named.
 
 Relative local paths need a `./` (or end in .safetensors/.tar): `owner/model` is a Replicate model.
 """
@@ -18,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from guarded_download import redact_url
+from guarded_download import redact_url, url_problem
 
 from .errors import LoraError
 
@@ -148,9 +155,16 @@ class HttpFile:
         return redact_url(self.url)
 
     @property
+    def credentials(self) -> str | None:
+        """The URL's `user:password` (httpx2 sends it as Basic auth): a credential, never shown."""
+        userinfo, at, _ = urlsplit(self.url).netloc.rpartition("@")
+        return userinfo if at and userinfo else None
+
+    @property
     def identity(self) -> str:
         # The query (signatures, tokens) is never stored in clear, but two URLs that differ only there
         # are different grants: key on its hash so one signed URL's file is not served for another.
+        # Userinfo is left out here: the fetcher scopes the key by it, as by a token.
         parts = urlsplit(self.url)
         base = f"{parts.scheme.lower()}://{(parts.hostname or '').lower()}{_port(parts)}{parts.path}"
         return f"url:{base}" + (f"#query-sha256={_sha(parts.query)}" if parts.query else "")
@@ -215,10 +229,16 @@ def parse_source(text: str) -> Source:
 
 
 def unsupported(text: str, why: str = "") -> LoraError:
-    shown = redact_url(text) if "://" in text else _without_query(text)
+    shown = redact_url(text) if "://" in text else _without_query(_without_userinfo(text))
     shown = shown if len(shown) <= 120 else shown[:117] + "..."
     reason = f" {why}" if why else ""
     return LoraError(f"Cannot use {shown!r} as a LoRA.{reason}\n{ACCEPTED_FORMS}")
+
+
+def _without_userinfo(text: str) -> str:
+    """`text` without a `user:password@` before its first slash (a URL typed without its scheme)."""
+    first, slash, rest = text.partition("/")
+    return first.rpartition("@")[2] + slash + rest
 
 
 def _without_query(text: str) -> str:
@@ -242,12 +262,16 @@ def _looks_local(lower: str) -> bool:
 
 
 def _names_a_host(lower: str) -> bool:
-    """`example.com/lora.safetensors`: a URL typed without its scheme (relative local paths start with ./)."""
+    """`example.com/lora.safetensors` (or `user:password@example.com/...`): a URL typed without its scheme
+    (relative local paths start with ./)."""
     first, slash, _ = lower.partition("/")
-    return bool(slash) and _HOST_NAME.fullmatch(first) is not None
+    return bool(slash) and _HOST_NAME.fullmatch(first.rpartition("@")[2]) is not None
 
 
 def _parse_url(url: str) -> Source:
+    why = url_problem(url)
+    if why is not None:
+        raise LoraError(f"Cannot use {redact_url(url)!r} as a LoRA: {why}. Check the URL.")
     parts = urlsplit(url)
     host = (parts.hostname or "").lower().removeprefix("www.")
     segments = [unquote(s) for s in parts.path.split("/") if s]
@@ -276,17 +300,27 @@ def _parse_hf(segments: list[str], url: str) -> HuggingFaceFile:
     if not rest:
         return HuggingFaceFile(repo_id)
     if rest[0] in ("blob", "resolve") and len(rest) >= 3:
-        return HuggingFaceFile(repo_id, rest[1], _hf_filename("/".join(rest[2:]), url))
+        return HuggingFaceFile(repo_id, _hf_path(rest[1], url), _hf_filename("/".join(rest[2:]), url))
     if rest[0] == "tree" and len(rest) == 2:
-        return HuggingFaceFile(repo_id, rest[1])
+        return HuggingFaceFile(repo_id, _hf_path(rest[1], url))
     if rest[-1].lower().endswith(".safetensors") and rest[0] not in ("blob", "resolve", "tree"):
-        return HuggingFaceFile(repo_id, "main", "/".join(rest))
+        return HuggingFaceFile(repo_id, "main", _hf_filename("/".join(rest), url))
     raise unsupported(url, "A Hugging Face LoRA is huggingface.co/<owner>/<repo>[/blob/<revision>/<file>].")
 
 
 def _hf_filename(name: str, url: str) -> str:
     if not name.lower().endswith(".safetensors"):
         raise unsupported(url, "Only .safetensors LoRAs are loaded; name a .safetensors file of the repo.")
+    return _hf_path(name, url)
+
+
+def _hf_path(name: str, url: str) -> str:
+    """A revision or file name of a repo, decoded; `.`, `..` and empty segments would name another path."""
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        raise unsupported(
+            url,
+            "A Hugging Face file or revision cannot have '.', '..' or empty segments; name it as the repo lists it.",
+        )
     return name
 
 

@@ -39,6 +39,12 @@ DEFAULT_LORA_CACHE_IN_USE_SECONDS = 60.0
 DEFAULT_LORA_MAX_FILE_BYTES = 6 * 10**9
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds to open a connection
 DEFAULT_READ_TIMEOUT = 30.0  # seconds a server may stay silent mid-download before the attempt is retried
+# A download (LoRA, API answer or image URL) gets this long plus its size at the minimum rate, retries included.
+DEFAULT_DOWNLOAD_DEADLINE = 600.0
+# Bytes a second over the window: a sender slower than this (a drip) is cut off one window in. A 1.3 GB LoRA
+# at this rate takes 3.6 hours, so it stops only servers that are not really serving.
+DEFAULT_DOWNLOAD_MIN_RATE = 100_000
+DEFAULT_DOWNLOAD_RATE_WINDOW = 30.0  # seconds: as long as the read timeout lets a server stay silent
 OUTPUTS_FOLDER = "flux-outputs-{pid}"  # under TMPDIR: one per server process, emptied per prediction
 
 
@@ -86,6 +92,15 @@ class ServerConfig:
         default=DEFAULT_CONNECT_TIMEOUT, metadata=_env("LORA_CONNECT_TIMEOUT", values.seconds)
     )
     read_timeout: float = field(default=DEFAULT_READ_TIMEOUT, metadata=_env("LORA_READ_TIMEOUT", values.seconds))
+    download_deadline: float = field(
+        default=DEFAULT_DOWNLOAD_DEADLINE, metadata=_env("DOWNLOAD_DEADLINE_SECONDS", values.seconds)
+    )
+    download_min_rate: int = field(
+        default=DEFAULT_DOWNLOAD_MIN_RATE, metadata=_env("DOWNLOAD_MIN_BYTES_PER_SECOND", values.rate)
+    )
+    download_rate_window: float = field(
+        default=DEFAULT_DOWNLOAD_RATE_WINDOW, metadata=_env("DOWNLOAD_RATE_WINDOW_SECONDS", values.seconds)
+    )
 
     def __post_init__(self) -> None:
         # Fixed now, whatever the working folder is later: relative paths mean the server's folder at setup,

@@ -54,6 +54,14 @@ def size(value: str) -> int:
     return count
 
 
+def rate(value: str) -> int:
+    """Bytes a second, written as a size (`100kB`, `1MB`, `50000`); more than 0."""
+    try:
+        return size(value)
+    except ValueError:
+        raise ValueError("is not a rate; use bytes per second, more than 0, such as 100kB.") from None
+
+
 def seconds(value: str) -> float:
     """A duration in seconds (`30`, `2.5`, `45s`), more than 0: a timeout."""
     duration = _seconds(value)

@@ -6,7 +6,10 @@ nothing, a host that does not resolve, a repo that needs a token, a file that is
 hostile safetensors header), which fails the prediction (HTTP 200, status "failed") with a message holding a
 fragment that tells the user what to change, with no traceback and no token in it. After each case the
 server must answer READY and run a good prediction that gives the same image, bit for bit, as before any
-bad request: a failure leaves no half-attached LoRA or other state behind.
+bad request: a failure leaves no half-attached LoRA or other state behind, and no temp file (in the server's
+TMPDIR) or work folder (in its LoRA cache). The server runs with a short download window
+(DOWNLOAD_RATE_WINDOW_SECONDS=1) so that senders which drip fail in a second; a cancelled prediction whose
+image URL drips (above that rate, so only the cancel stops it) frees the server within a couple of seconds.
 
 One server (setup is ~5 s) and one set of fake LoRA sites serve the whole module.
 """
@@ -17,6 +20,7 @@ import base64
 import io
 import struct
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +38,10 @@ from testkit.lora_sites import LoraSites, tiny_lora_bytes, tiny_lora_shapes
 # Tokens the server holds: none may ever show up in an answer. The Replicate one is wrong for the gated model.
 REPLICATE_TOKEN = "r8_wrong_token_d0n7_l34k_m3"
 URL_SECRET = "sig-s3cr3t-v4lue"
-SECRETS = (REPLICATE_TOKEN, URL_SECRET, "civitai-demands-this", "r8_right_token")
+URL_PASSWORD = "pa55-in-the-url"
+SECRETS = (REPLICATE_TOKEN, URL_SECRET, URL_PASSWORD, "civitai-demands-this", "r8_right_token")
+# Downloads slower than 1 kB/s over a second fail: a drip is over in a second, a healthy loopback is never slow.
+PACE = {"DOWNLOAD_MIN_BYTES_PER_SECOND": "1kB", "DOWNLOAD_RATE_WINDOW_SECONDS": "1"}
 
 GOOD_LORA = "huggingface.co/bob/style"
 GOOD = {
@@ -112,6 +119,13 @@ CASES = [
     Bad("image truncated PNG", {"image": data_uri(png((64, 64))[:60])}, error="image could not be read"),
     Bad("image URL serves HTML", {"image": "{files}/photo.png"}, error="image could not be read"),
     Bad("image URL 404", {"image": "{files}/missing.png"}, error="404"),
+    Bad(
+        "image URL 404, upper-case scheme",
+        {"image": "HTTP://{host}/missing.png"},
+        error="missing.png answered HTTP 404",
+    ),
+    Bad("image URL port not a number", {"image": "http://127.0.0.1:abc/photo.png"}, error="its port 'abc' is not a"),
+    Bad("image URL drips", {"image": "{files}/drip.png"}, error="Could not download an input image: only"),
     Bad("image decompression bomb", {"image": bomb}, error="(240 MP); the limit is 200 MP"),
     Bad("mask without image", {"mask": SQUARE}, error="mask was given without image"),
     Bad("mask unreadable", {"image": SQUARE, "mask": data_uri(b"not a mask")}, error="mask could not be read"),
@@ -127,6 +141,28 @@ CASES = [
     Bad("extra_lora not a source", {"extra_lora": "??"}, error="extra_lora: Cannot use '??'"),
     Bad("LoRA data: not base64", {"replicate_weights": "data:;base64,!!!"}, error="not valid base64"),
     Bad("LoRA local path", {"replicate_weights": "/nonexistent/x.safetensors"}, error="not allowed on this server"),
+    Bad(
+        "LoRA URL IPv6 bracket open",
+        {"replicate_weights": "http://[::1/x.safetensors"},
+        error="main LoRA: Cannot use 'http://[::1/x.safetensors' as a LoRA: its host is not a valid IPv6 address",
+    ),
+    Bad(
+        "LoRA URL port not a number",
+        {"replicate_weights": "http://host:abc/x"},
+        error="main LoRA: Cannot use 'http://host:abc/x' as a LoRA: its port 'abc' is not a number from 1 to 65535",
+    ),
+    Bad("LoRA URL host xn--", {"replicate_weights": "http://xn--/x"}, error="main LoRA: Cannot use 'http://xn--/x'"),
+    Bad(
+        "LoRA URL octal address",
+        {"replicate_weights": "http://0177.0.0.1/x.safetensors"},
+        error="its host '0177.0.0.1' is not a valid IPv4 address",
+    ),
+    Bad("extra_lora URL address 256", {"extra_lora": "http://256.0.0.1/x"}, error="extra_lora: Cannot use 'http://256"),
+    Bad(
+        "HF file with %2e%2e segments",
+        {"replicate_weights": "huggingface.co/bob/trav/blob/main/%2e%2e/%2e%2e/x.safetensors"},
+        error="main LoRA: Cannot use 'https://huggingface.co/bob/trav/blob/main/%2e%2e/%2e%2e/x.safetensors' as a",
+    ),
     # -- LoRA sources that cannot be had ----------------------------------------------------------------------
     Bad(
         "LoRA host does not resolve",
@@ -134,6 +170,16 @@ CASES = [
         error="Could not download LoRA https://loras.example.invalid/style.safetensors",
     ),
     Bad("LoRA URL 404, secret query", {"replicate_weights": "{files}/gone.safetensors?sig=" + URL_SECRET}, error="404"),
+    Bad(
+        "LoRA URL 404, password",
+        {"replicate_weights": f"http://bob:{URL_PASSWORD}@{{host}}/gone.safetensors"},
+        error="404",
+    ),
+    Bad(
+        "LoRA URL drips",
+        {"replicate_weights": "{files}/drip.safetensors"},
+        error="main LoRA: Could not download LoRA http://127.0.0.1",
+    ),
     Bad("HF gated, no HF_TOKEN", {"replicate_weights": "huggingface.co/bob/gated"}, error="set HF_TOKEN"),
     Bad("HF repo not found", {"replicate_weights": "huggingface.co/bob/nope"}, error="bob/nope was not found"),
     Bad("HF repo without LoRA", {"replicate_weights": "huggingface.co/bob/docs"}, error="holds no .safetensors"),
@@ -196,6 +242,12 @@ def sites(tiny_weights, tmp_path_factory):
         files.add_file("/pickle.safetensors", b"\x80\x02}q\x00(X\x05\x00\x00\x00state" + bytes(200))
         files.add_file("/empty.safetensors", b"")
         files.add_file("/two.tar", make_tar({"a.safetensors": good, "b.safetensors": other}))
+        files.add_file("/photo-ok.png", png((48, 32)), content_type="image/png")
+        for path in ("/drip.png", "/drip.safetensors"):  # 5 MB announced, 5 bytes a second
+            files.add_file(path, bytes(5_000_000))
+            files.drip(path, bytes_per_tick=1, interval=0.2, times=None)
+        files.add_file("/slow.png", bytes(5_000_000), content_type="image/png")  # 10 kB/s: only a cancel ends it
+        files.drip("/slow.png", bytes_per_tick=2000, interval=0.2, times=None)
         yield running
 
 
@@ -206,8 +258,15 @@ def temp_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_env, sites, temp_dir, tmp_path_factory):
-    env = {**tiny_env, **sites.env(), "REPLICATE_API_TOKEN": REPLICATE_TOKEN, "TMPDIR": str(temp_dir)}
+def lora_cache(tmp_path_factory) -> Path:
+    """The server's LORA_CACHE_DIR: after every request it holds no work folder."""
+    return tmp_path_factory.mktemp("bad-inputs-lora-cache")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_env, sites, temp_dir, lora_cache, tmp_path_factory):
+    env = {**tiny_env, **sites.env(), "REPLICATE_API_TOKEN": REPLICATE_TOKEN, "TMPDIR": str(temp_dir), **PACE}
+    env["LORA_CACHE_DIR"] = str(lora_cache)
     for name in ("HF_TOKEN", "CIVITAI_API_TOKEN"):  # the "missing token" cases need them unset
         env.pop(name, None)
     running = CogServer(env, log_path=tmp_path_factory.mktemp("bad-inputs") / "server.log").start()
@@ -257,8 +316,13 @@ def _temp_files(folder: Path) -> set[str]:
     return {p.name for p in folder.iterdir() if not p.name.startswith("flux-outputs-")}
 
 
+def _cache_leftovers(cache: Path) -> list[str]:
+    """Work folders in the LoRA cache: a fetch that ended, however it ended, leaves none."""
+    return [p.name for p in (cache / "tmp").iterdir()]
+
+
 def _request(case: Bad, sites: LoraSites) -> dict:
-    urls = {"files": sites.files.base_url}
+    urls = {"files": sites.files.base_url, "host": sites.files.base_url.removeprefix("http://")}
     inputs = {"prompt": "a photo of TOK", "num_inference_steps": 1, "megapixels": "0.25"}
     for name, value in case.inputs.items():
         value = value() if callable(value) else value
@@ -272,7 +336,9 @@ def test_the_sweep_has_at_least_30_distinct_bad_requests():
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])
-def test_a_bad_request_gets_one_clear_answer_and_the_server_stays_good(server, sites, temp_dir, good_image, case):
+def test_a_bad_request_gets_one_clear_answer_and_the_server_stays_good(
+    server, sites, temp_dir, lora_cache, good_image, case
+):
     before = _temp_files(temp_dir)
     response = predict(server, **_request(case, sites))
     text = response.text
@@ -288,6 +354,7 @@ def test_a_bad_request_gets_one_clear_answer_and_the_server_stays_good(server, s
     assert not [secret for secret in SECRETS if secret in text], text
     assert _settled_health(server) == "READY"
     assert _temp_files(temp_dir) <= before, "the request left temp files"
+    assert _cache_leftovers(lora_cache) == [], "the request left work folders in the LoRA cache"
     assert _run_good(server) == good_image, "a failed request changed what the next good request generates"
 
 
@@ -320,3 +387,48 @@ def test_a_failed_image_download_leaves_no_temp_file(server, sites, temp_dir):
     body = predict(server, prompt="x", image=f"{sites.files.base_url}/also-missing.png", num_inference_steps=1).json()
     assert body["status"] == "failed"
     assert _temp_files(temp_dir) <= before
+
+
+def test_an_image_url_with_an_upper_case_scheme_is_downloaded_like_any_other(server, sites, temp_dir) -> None:
+    """URL schemes are case-insensitive; coglet's own test is not, so such URLs reach predict() as strings."""
+    before = _temp_files(temp_dir)
+    image = "HTTP://" + sites.files.url("/photo-ok.png").removeprefix("http://")
+    body = predict(server, prompt="x", image=image, num_inference_steps=1, megapixels="0.25").json()
+    assert body["status"] == "succeeded", body
+    assert len(sites.files.gets("/photo-ok.png")) == 1
+    assert _temp_files(temp_dir) <= before, "the downloaded input was left behind"
+
+
+def test_cancelling_a_prediction_stops_its_image_download(server, sites, temp_dir, lora_cache, good_image) -> None:
+    """The image drips above the minimum rate, so nothing but the cancel ends it. The download's temp file shows
+    it running and its end: gone within a couple of seconds of the cancel, the server READY, and the next good
+    prediction byte-identical."""
+    before = _temp_files(temp_dir)
+    prediction = uuid.uuid4().hex
+    inputs = {"prompt": "x", "num_inference_steps": 1, "megapixels": "0.25", "image": sites.files.url("/slow.png")}
+    started = httpx.put(
+        f"{server.url}/predictions/{prediction}",
+        json={"input": inputs},
+        headers={"Prefer": "respond-async"},
+        timeout=10,
+    )
+    assert started.status_code in (200, 202), started.text
+    assert _wait(lambda: _temp_files(temp_dir) - before, 30), "the image download never started"
+
+    cancelled = time.monotonic()
+    assert httpx.post(f"{server.url}/predictions/{prediction}/cancel", timeout=10).status_code == 200
+    assert _wait(lambda: _temp_files(temp_dir) <= before, 5), "the download went on after the cancel"
+    assert _settled_health(server, seconds=5) == "READY"
+    assert time.monotonic() - cancelled < 2.5, "the cancel did not stop the download promptly"
+
+    assert _cache_leftovers(lora_cache) == []
+    assert _run_good(server) == good_image
+
+
+def _wait(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True

@@ -23,6 +23,7 @@ def test_defaults() -> None:
     assert (config.lora_cache_max_bytes, config.lora_max_file_bytes) == (20 * 10**9, 6 * 10**9)
     assert config.lora_cache_in_use_seconds == 60.0
     assert (config.connect_timeout, config.read_timeout) == (10.0, 30.0)
+    assert (config.download_deadline, config.download_min_rate, config.download_rate_window) == (600.0, 100_000, 30.0)
     assert (config.hf_endpoint, config.civitai_base_url) == ("https://huggingface.co", "https://civitai.com")
     assert config.replicate_base_url == "https://replicate.com"
     assert (config.hf_token, config.civitai_token, config.replicate_token) == (None, None, None)
@@ -55,6 +56,9 @@ def test_values_of_every_kind_parse(tmp_path: Path) -> None:
             "LORA_LOCAL_DIRS": f"{tmp_path}{os.pathsep}{tmp_path}/sub/..{os.pathsep}",
             "LORA_CONNECT_TIMEOUT": "5",
             "LORA_READ_TIMEOUT": "45s",
+            "DOWNLOAD_DEADLINE_SECONDS": "120",
+            "DOWNLOAD_MIN_BYTES_PER_SECOND": "1.5MB",
+            "DOWNLOAD_RATE_WINDOW_SECONDS": "2.5s",
             "FLUX_DEVICE": "cpu",
         }
     )
@@ -66,6 +70,7 @@ def test_values_of_every_kind_parse(tmp_path: Path) -> None:
     assert config.lora_cache_in_use_seconds == 0.0 and config.allow_private_urls
     assert config.lora_local_dirs == (tmp_path.resolve(), tmp_path.resolve())
     assert (config.connect_timeout, config.read_timeout) == (5.0, 45.0)
+    assert (config.download_deadline, config.download_min_rate, config.download_rate_window) == (120.0, 1_500_000, 2.5)
     assert ServerConfig.from_env({"LORA_ALLOW_PRIVATE_URLS": "off"}).allow_private_urls is False
     assert ServerConfig.from_env({"LORA_CACHE_DIR": "  "}).lora_cache_dir == ServerConfig().lora_cache_dir  # unset
 
@@ -82,6 +87,11 @@ def test_values_of_every_kind_parse(tmp_path: Path) -> None:
         ("LORA_READ_TIMEOUT", "soon", "is not a number of seconds"),
         ("LORA_CACHE_IN_USE_SECONDS", "-1", "is not a number of seconds"),
         ("LORA_CACHE_IN_USE_SECONDS", "inf", "is not a number of seconds"),
+        ("DOWNLOAD_DEADLINE_SECONDS", "0", "is not a timeout"),
+        ("DOWNLOAD_DEADLINE_SECONDS", "later", "is not a number of seconds"),
+        ("DOWNLOAD_MIN_BYTES_PER_SECOND", "fast", "is not a rate; use bytes per second"),
+        ("DOWNLOAD_MIN_BYTES_PER_SECOND", "0", "is not a rate; use bytes per second, more than 0"),
+        ("DOWNLOAD_RATE_WINDOW_SECONDS", "-5", "is not a number of seconds"),
         ("LORA_ALLOW_PRIVATE_URLS", "maybe", "is neither on nor off"),
         ("HF_ENDPOINT", "ftp://mirror.example", "is not an http(s) URL"),
         ("CIVITAI_BASE_URL", "https://", "is not a site's base URL"),
@@ -133,9 +143,29 @@ def test_the_cache_in_use_window_is_read_from_the_environment(tmp_path: Path) ->
     assert LoraFetcher(ServerConfig(lora_cache_dir=tmp_path)).cache.in_use_seconds == 60.0
 
 
+def test_the_download_pace_is_read_from_the_environment(tmp_path: Path) -> None:
+    """The DOWNLOAD_* settings reach the LoRA fetcher (their effect: tests/test_download_pace.py, test_faults.py)."""
+    environ = {
+        "LORA_CACHE_DIR": str(tmp_path),
+        "DOWNLOAD_MIN_BYTES_PER_SECOND": "1kB",
+        "DOWNLOAD_RATE_WINDOW_SECONDS": "2",
+    }
+
+    fetcher = LoraFetcher(ServerConfig.from_env({**environ, "DOWNLOAD_DEADLINE_SECONDS": "7"}))
+    assert (fetcher.pace.deadline, fetcher.pace.min_rate, fetcher.pace.window) == (7.0, 1000, 2.0)
+
+
 def test_the_readme_documents_every_variable() -> None:
     readme = (REPO_ROOT / "README.md").read_text()
     table = readme[readme.index("## Configuration") :].split("\n## ", 1)[0]
+
+    missing = [variable for variable in ServerConfig.variables() if f"`{variable}`" not in table]
+    assert missing == []
+
+
+def test_the_design_document_documents_every_variable() -> None:
+    design = (REPO_ROOT / "docs" / "DESIGN.md").read_text()
+    table = design[design.index("## Configuration") :].split("\n## ", 1)[0]
 
     missing = [variable for variable in ServerConfig.variables() if f"`{variable}`" not in table]
     assert missing == []

@@ -28,6 +28,7 @@ from lora_loader.cache import LORA_FILE, SIDECAR
 from lora_loader.validate import check_safetensors
 from serverconfig import ServerConfig
 from testkit.cog_server import CogServer
+from testkit.fakes.faults import Drip
 from testkit.fakes.lora_servers import FakeCivitai, FakeServer, FakeVersion, lora_bytes
 from testkit.fetch_workers import fetch_many_in_process
 from testkit.helpers import png_bytes
@@ -436,3 +437,52 @@ def test_an_entry_looked_up_while_it_is_being_evicted_is_kept(files: FakeServer,
     assert lora.path.exists()
     os.utime(sidecar, (old, old))
     assert fetcher.cache._evict(lora.key) is True and not lora.path.exists()
+
+
+# -- senders that drip (issue 11, point 2) ------------------------------------------------------------------------
+
+PACED = {"DOWNLOAD_MIN_BYTES_PER_SECOND": "1kB", "DOWNLOAD_RATE_WINDOW_SECONDS": "0.5"}
+
+
+def test_a_lora_url_that_drips_fails_one_window_in_with_the_setting_to_change(files: FakeServer, make_fetcher) -> None:
+    url = files.add_file("/drip.safetensors", lora_bytes(92, padding=5_000_000))  # 5 MB, one byte each 0.05 s
+    files.drip("/drip.safetensors", bytes_per_tick=1, interval=0.05)
+    fetcher = make_fetcher(**PACED)
+    started = time.monotonic()
+
+    with pytest.raises(
+        LoraError, match=r"Could not download LoRA .*drip.safetensors: only \d+ B arrived in the last "
+    ) as caught:
+        fetcher.fetch(url)
+
+    assert time.monotonic() - started < 3
+    assert str(caught.value).endswith("An operator can lower DOWNLOAD_MIN_BYTES_PER_SECOND for slow sites.")
+    assert len(files.gets("/drip.safetensors")) == 1, "a drip is not retried"
+    assert valid_entries(fetcher.cache.root) == {}
+
+
+def test_a_civitai_api_answer_that_drips_fails_too(civitai: FakeCivitai, make_fetcher) -> None:
+    civitai.add_model(6, [FakeVersion(60, lora_bytes(93))])
+    answer = civitai.site.routes["/api/v1/models/6"].body
+    civitai.site.add_file("/api/v1/models/6", answer, content_type="application/json")  # served as a body can drip
+    civitai.site.drip("/api/v1/models/6", bytes_per_tick=1, interval=0.05)
+
+    with pytest.raises(LoraError, match=r"/api/v1/models/6: only \d+ B arrived"):
+        make_fetcher(**PACED).fetch("civitai.com/models/6")
+
+
+def test_a_hugging_face_mirror_that_drips_is_judged_at_its_chunks(lora_sites, make_fetcher) -> None:
+    """huggingface_hub reports progress once per 10 MB chunk (its one hook), so the pace is judged there: the
+    first chunk of a slow mirror fails it. (The Hub is the operator's endpoint, not a stranger's URL.)"""
+    hub = lora_sites.hub
+    hub.reset()
+    hub.add_repo("slow/lora", {"lora.safetensors": lora_bytes(94, padding=10_600_000)})  # a little over a chunk
+    hub.inject(Drip(target=("slow/lora", "lora.safetensors"), bytes_per_tick=2_000_000, interval=0.1))
+    fetcher = make_fetcher(
+        HF_ENDPOINT=hub.endpoint, DOWNLOAD_MIN_BYTES_PER_SECOND="100MB", DOWNLOAD_RATE_WINDOW_SECONDS="0.2"
+    )
+
+    with pytest.raises(LoraError, match=r"Could not download LoRA huggingface.co/slow/lora \(lora.safetensors\): only"):
+        fetcher.fetch("huggingface.co/slow/lora")
+    assert valid_entries(fetcher.cache.root) == {}
+    hub.reset()

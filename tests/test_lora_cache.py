@@ -323,3 +323,33 @@ def test_each_tokens_entries_stay_with_that_token(fakes, make_fetcher, kind: str
     assert fakes.requests, "the site was asked, not the cache"
     fakes.clear_requests()
     assert make_fetcher(**{name: token}).fetch(source) == fetched and fakes.requests == []
+
+
+def test_url_userinfo_scopes_the_entry_like_a_token_and_is_never_shown(fakes, make_fetcher, caplog) -> None:
+    """`http://alice:SECRET@host/x` sends Basic auth; its entry must not answer `http://host/x` or another user's
+    credentials without asking the site, which refuses them once the file is private."""
+    caplog.set_level(logging.DEBUG)
+    files, data = fakes.files, lora_bytes(40)
+    url = files.add_file("/private.safetensors", data)
+    host = url.removeprefix("http://")
+    fetcher = make_fetcher()
+
+    alice = fetcher.fetch(f"http://alice:SECRET@{host}")
+    assert alice.path.read_bytes() == data
+    assert [r.authorization for r in files.gets("/private.safetensors")] == ["Basic YWxpY2U6U0VDUkVU"]
+    files.add_page("/private.safetensors", b"Unauthorized", status=401)  # from here on, credentials are checked
+    files.clear_requests()
+
+    for other in (url, f"http://mallory:guess@{host}", f"http://alice:WRONG@{host}"):
+        with pytest.raises(LoraError, match=r"refused the download \(HTTP 401\)") as caught:
+            fetcher.fetch(other)
+        assert "guess" not in str(caught.value) and "WRONG" not in str(caught.value)
+    assert len(files.gets("/private.safetensors")) == 3, "each was asked upstream, none served from alice's entry"
+    files.clear_requests()
+    assert fetcher.fetch(f"http://alice:SECRET@{host}") == alice and files.requests == []
+
+    stored = [str(p) for p in fetcher.cache.root.rglob("*")] + [
+        p.read_text() for p in fetcher.cache.root.rglob(SIDECAR)
+    ]
+    assert not [text for text in [caplog.text, *stored] if "SECRET" in text or "alice" in text]
+

@@ -207,3 +207,83 @@ def test_address_policy(host: str, allowed: bool) -> None:
         with pytest.raises(AddressRefused, match="Refusing to download a LoRA from .*: it is "):
             policy.check("https", host, None)
     AddressPolicy(allow_private=True).check("http", host, 80)  # no resolution at all
+
+
+# -- URLs no request could use, and paths the Hub would resolve elsewhere (issue 11) -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("http://[::1/x.safetensors", "its host is not a valid IPv6 address in brackets"),
+        ("http://[::1/x", "its host is not a valid IPv6 address in brackets"),
+        ("http://[fe80::zz]/x.safetensors", "is not a valid IPv6 address"),
+        ("http://host:abc/x.safetensors", "its port 'abc' is not a number from 1 to 65535"),
+        ("http://host:abc/x", "its port 'abc' is not a number from 1 to 65535"),
+        ("http://host:99999/x.safetensors", "its port '99999' is not a number from 1 to 65535"),
+        ("http://xn--/x.safetensors", "its host 'xn--' is not a valid host name"),
+        ("http://xn--/x", "its host 'xn--' is not a valid host name"),
+        ("http://xn--abc.example.com/x.safetensors", "('xn--abc' is not valid punycode)"),
+        ("http://0177.0.0.1/x.safetensors", "its host '0177.0.0.1' is not a valid IPv4 address"),
+        ("http://0177.0.0.1/x", "its host '0177.0.0.1' is not a valid IPv4 address"),
+        ("http://256.0.0.1/x", "its host '256.0.0.1' is not a valid IPv4 address"),
+        ("http://0x7f.0.0.1/x.safetensors", "is not a valid IPv4 address"),
+        ("http://1.2.3/x.safetensors", "is not a valid IPv4 address"),
+        ("http://-bad-.example.com/x.safetensors", "is not a valid host name"),
+        ("http://a..b.com/x.safetensors", "is not a valid host name"),
+        ("http://ex%41mple.com/x.safetensors", "is not a valid host name"),
+        ("https:///x.safetensors", "it has no host"),
+    ],
+)
+def test_a_url_no_request_could_use_is_one_clear_error_before_anything_is_sent(text: str, why: str) -> None:
+    with pytest.raises(LoraError) as caught:
+        parse_source(text)
+
+    message = str(caught.value)
+    assert message.startswith("Cannot use '") and why in message and message.endswith(". Check the URL.")
+    assert "Accepted forms" not in message and "\n" not in message  # one sentence, not the whole catalogue
+
+
+def test_good_hosts_still_parse() -> None:
+    for text in (
+        "https://[2606:4700::6810:84e5]:8443/x.safetensors",
+        "https://93.184.216.34/x.safetensors",
+        "https://münchen.example/x.safetensors",
+        "https://xn--mnchen-3ya.example/x.safetensors",
+        "https://my_bucket.s3.example.com/x.safetensors",
+        "HTTPS://Example.COM/x.safetensors",
+    ):
+        assert isinstance(parse_source(text), HttpFile), text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "huggingface.co/bob/trav/blob/main/%2e%2e/%2e%2e/x.safetensors",
+        "huggingface.co/bob/trav/resolve/main/sub/%2E%2E/x.safetensors",
+        "huggingface.co/bob/trav/blob/main/./x.safetensors",
+        "huggingface.co/bob/trav/blob/main/a%2F..%2Fx.safetensors",
+        "huggingface.co/bob/trav/blob/%2e%2e/x.safetensors",
+        "huggingface.co/bob/trav/tree/%2e%2e",
+        "huggingface.co/bob/trav/%2e%2e/x.safetensors",
+    ],
+)
+def test_hugging_face_names_with_dot_segments_are_refused(text: str) -> None:
+    """The Hub (and huggingface_hub, with a raw ValueError) would resolve them to another path than the one named,
+    and the token would go with the request."""
+    with pytest.raises(LoraError, match=r"cannot have '\.', '\.\.' or empty segments"):
+        parse_source(text)
+
+
+def test_url_userinfo_is_a_credential_never_shown_nor_in_the_identity() -> None:
+    private = parse_source("http://alice:SECRET@files.example.com/private.safetensors")
+    bare = parse_source("alice:SECRET@files.example.com/private.safetensors")  # typed without the scheme
+    plain = parse_source("http://files.example.com/private.safetensors")
+
+    assert isinstance(private, HttpFile) and isinstance(bare, HttpFile)
+    assert private.credentials == bare.credentials == "alice:SECRET" and plain.credentials is None
+    assert private.identity == plain.identity  # same file; the fetcher scopes the key by the credential
+    assert "SECRET" not in private.display + private.identity + repr(private)
+    with pytest.raises(LoraError) as caught:
+        parse_source("alice:SECRET@files.example.com/private.ckpt")
+    assert "SECRET" not in str(caught.value)

@@ -381,6 +381,41 @@ def test_hugging_face_files_over_the_cap_are_not_downloaded(tmp_path: Path) -> N
     assert_nothing_kept(fetcher)
 
 
+# -- URLs no request could use, and what is shown of a URL --------------------------------------------------------
+
+
+def test_a_malformed_url_is_refused_before_anything_is_sent(files: FakeServer, tmp_path: Path) -> None:
+    from guarded_download import MalformedURL, get_json
+
+    port = files.base_url.rsplit(":", 1)[1]
+    with make_client(AddressPolicy(allow_private=True), Timeouts(2, 2)) as client:
+        for url, why in [
+            (f"http://127.0.0.1:{port}x/a.bin", f"its port '{port}x' is not a number"),
+            ("http://[127.0.0.1/a.bin", "not a valid IPv6 address"),
+            ("http://0177.0.0.1/a.bin", "is not a valid IPv4 address"),
+        ]:
+            with pytest.raises(MalformedURL, match=why):
+                download(client, url, tmp_path / "x", headers={}, what="x", limit=SizeLimit(100, "."), retry=FAST_RETRY)
+            with pytest.raises(MalformedURL, match=why):
+                get_json(client, url, {}, FAST_RETRY)
+    assert files.requests == []
+
+
+def test_userinfo_and_queries_never_reach_messages_or_library_logs(caplog) -> None:
+    import logging
+
+    from guarded_download import redact_url
+
+    assert redact_url("HTTPS://alice:SECRET@Host.Example:8443/a.safetensors?sig=S") == (
+        "https://host.example:8443/a.safetensors?…"
+    )
+    assert redact_url("http://alice:SECRET@[::1/x?sig=S") == "http://[::1/x?…"  # unparseable: cut as text
+    assert redact_url("http://host:abc/x") == "http://host:abc/x"  # a bad port is shown as given
+    caplog.set_level(logging.INFO, logger="httpx2")
+    logging.getLogger("httpx2").info('HTTP Request: GET http://alice:SECRET@host/x?sig=S "HTTP/1.1 200 OK"')
+    assert "SECRET" not in caplog.text and "sig=S" not in caplog.text and "http://host/x?…" in caplog.text
+
+
 # -- image URLs (Cog's own downloads) -----------------------------------------------------------------------------
 
 
@@ -400,8 +435,9 @@ def test_guarded_image_download_applies_the_policy_and_the_cap(files: FakeServer
         input_urls.GuardedDownload(url, allowed, timeouts, tiny_cap, FAST_RETRY).read()
 
 
-def test_install_wraps_path_validate_once_and_caps_data_uris() -> None:
-    """Against a stand-in for cog.types, so this process's real cog stays untouched."""
+def test_install_wraps_path_validate_once_downloads_at_once_and_caps_data_uris(files: FakeServer) -> None:
+    """Against a stand-in for cog.types, so this process's real cog stays untouched. The download happens inside
+    validate (the prediction's thread, where coglet's cancel arrives), before cog's convert runs."""
 
     class FakePath:
         @classmethod
@@ -415,15 +451,18 @@ def test_install_wraps_path_validate_once_and_caps_data_uris() -> None:
     fake_cog = types.SimpleNamespace(
         Path=FakePath, URLPath=FakeURLPath, get_filename=lambda url: url.rsplit("/", 1)[-1]
     )
-    input_urls.install(fake_cog, ServerConfig(allow_private_urls=True))
+    input_urls.install(fake_cog, ServerConfig())
     wrapped = FakePath.validate
-    input_urls.install(fake_cog, ServerConfig())  # not wrapped twice: the configuration is replaced
+    input_urls.install(fake_cog, ServerConfig(allow_private_urls=True))  # not wrapped twice: configuration replaced
     assert FakePath.validate.__func__ is wrapped.__func__
 
-    guarded = FakePath.validate("https://example.com/a/photo.png?sig=x")
+    url = files.add_file("/a/photo.png", png_bytes(), content_type="image/png") + "?sig=x"
+    guarded = FakePath.validate(url)
     assert isinstance(guarded, FakeURLPath) and hasattr(type(guarded), "convert")
-    assert (guarded.source, guarded.filename) == ("https://example.com/a/photo.png?sig=x", "photo.png?sig=x")
-    assert isinstance(guarded.fileobj, input_urls.GuardedDownload) and not guarded.fileobj.policy.allow_private
+    assert (guarded.source, guarded.filename) == (url, "photo.png?sig=x")
+    assert isinstance(guarded.fileobj, input_urls.GuardedDownload) and guarded.fileobj.policy.allow_private
+    assert len(files.gets("/a/photo.png")) == 1, "downloaded in validate, before any read"
+    assert guarded.fileobj.read() == png_bytes()
     assert FakePath.validate("data:image/png;base64,AAAA") == ("cog's own", "data:image/png;base64,AAAA")
     assert FakePath.validate("/tmp/x.png") == ("cog's own", "/tmp/x.png")
     with pytest.raises(UserInputError, match="data: URI of an input image is .* more than an input image may be"):
@@ -454,6 +493,30 @@ def test_a_failed_image_download_leaves_no_temp_file(files: FakeServer, tmp_path
     converted = photo.convert()
     assert Path(converted).read_bytes() == png_bytes() and list(tmp_path.iterdir()) == [Path(converted)]
     assert photo.fileobj.closed, "the download behind the copy is released at once"
+
+
+def test_image_urls_with_a_scheme_in_capitals_are_downloaded_under_the_guard(files: FakeServer) -> None:
+    """coglet's own test for a URL is case-sensitive, so `HTTP://...` reaches predict() as a string; schemes are
+    not (RFC 3986): require_file downloads it under the installed guard, into a file that goes with the path."""
+    fake_cog = types.SimpleNamespace(
+        Path=type("FakePath", (), {"validate": classmethod(lambda cls, v: v)}), URLPath=object, get_filename=str
+    )
+    input_urls.install(fake_cog, ServerConfig(allow_private_urls=True))
+    url = files.add_file("/Photo.png", png_bytes(), content_type="image/png")
+
+    downloaded = input_urls.require_file("HTTP://" + url.removeprefix("http://"), "image")
+    assert Path(downloaded).read_bytes() == png_bytes() and len(files.gets("/Photo.png")) == 1
+    inline = input_urls.require_file("Data:image/png;base64," + base64.b64encode(png_bytes()).decode(), "mask")
+    assert Path(inline).read_bytes() == png_bytes()
+    kept = [Path(downloaded), Path(inline)]
+    del downloaded, inline
+    assert not [path for path in kept if path.exists()], "the files go with the paths"
+
+    with pytest.raises(UserInputError, match=r"The input image URL http://127.0.0.1:\d+/gone.png answered HTTP 404"):
+        input_urls.require_file("Http://" + files.url("/gone.png").removeprefix("http://"), "image")
+    input_urls.install(fake_cog, ServerConfig())
+    with pytest.raises(UserInputError, match="Refusing to download an input image from 127.0.0.1"):
+        input_urls.require_file("HTTPS://" + url.removeprefix("http://"), "image")
 
 
 def test_plain_strings_for_image_inputs_are_refused() -> None:

@@ -35,7 +35,7 @@ from typing import Self
 from urllib.parse import parse_qs, unquote, urlsplit
 from xml.sax.saxutils import escape
 
-from testkit.fakes.faults import DropConnection, FailWith, Fault, FaultT, Stall, WrongLength
+from testkit.fakes.faults import Drip, DropConnection, FailWith, Fault, FaultT, Stall, WrongLength
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
 _NO_LENGTH = -1  # send no Content-Length: the body ends when the connection closes
@@ -267,8 +267,9 @@ class FakeSite:
         released, self._released = self._released, threading.Event()
         released.set()
 
-    def _wait_released(self, seconds: float) -> None:
-        self._released.wait(seconds)
+    def _wait_released(self, seconds: float) -> bool:
+        """Wait `seconds`, or less when the site releases its stalls (then True)."""
+        return self._released.wait(seconds)
 
     def _track(self, conn: socket.socket, open_: bool) -> None:
         with self._lock:
@@ -402,6 +403,13 @@ class _Handler(BaseHTTPRequestHandler):
         if (stall := site.claim(Stall, target)) is not None:
             self._send(status, headers, body[: stall.after_bytes], len(body))
             site._wait_released(stall.seconds)
+        elif (drip := site.claim(Drip, target)) is not None:
+            self._send(status, headers, b"", len(body))
+            for offset in range(0, len(body), drip.bytes_per_tick):
+                if site._wait_released(drip.interval):
+                    break
+                self.wfile.write(body[offset : offset + drip.bytes_per_tick])
+                self.wfile.flush()
         elif (wrong := site.claim(WrongLength, target)) is not None:
             self._send(status, headers, body, _NO_LENGTH if wrong.announced is None else wrong.announced)
         elif (drop := site.claim(DropConnection, target, end=end)) is not None:

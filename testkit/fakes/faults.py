@@ -6,8 +6,8 @@ its faults in a list; the code that serves a request claims the first fault of a
 (`FakeSite.claim`), which counts a hit. So a fault acts exactly `times` times (None: until cleared), and
 a test can read `hits` to see that it did.
 
-`DropConnection`, `Stall` and `WrongLength` act on file bodies, in the core's file serving, so every fake
-that serves files has them. `FailWith` is an error answer; a fake claims it where its site would fail.
+`DropConnection`, `Stall`, `Drip` and `WrongLength` act on file bodies, in the core's file serving, so every
+fake that serves files has them. `FailWith` is an error answer; a fake claims it where its site would fail.
 """
 
 from __future__ import annotations
@@ -63,6 +63,18 @@ class Stall(Fault):
 
     after_bytes: int
     seconds: float
+
+
+@dataclass(kw_only=True)
+class Drip(Fault):
+    """Send the headers (the whole body's Content-Length), then the body `bytes_per_tick` bytes every `interval`
+    seconds: a sender never silent long enough for a read timeout, that finishes whenever it likes.
+
+    The drip ends early, with the connection cut, when the site releases its stalls (reset or close).
+    """
+
+    bytes_per_tick: int = 1
+    interval: float = 0.5
 
 
 @dataclass(kw_only=True)

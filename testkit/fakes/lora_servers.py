@@ -7,6 +7,7 @@ a bearer token, refuse any Authorization header (what S3 does to a presigned URL
 demand a signature in the query, or wait before answering (so that concurrent callers overlap). Faults
 (faults.py), each for `times` requests of one path: `drop_connection` cuts the body at a byte offset;
 `stall` sends part of the body and then nothing (until the fault's time is up or the server is reset);
+`drip` sends the body a few bytes at a time, slowly (until it ends or the server is reset);
 `fail` answers an error status instead; `wrong_length` announces a Content-Length other than the body's.
 The core records every request with its Authorization and Host headers.
 
@@ -30,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from testkit.fakes.core import FakeSite, FileReply, RecordedRequest, Reply, Request, error, s3_error
-from testkit.fakes.faults import DropConnection, FailWith, Stall, WrongLength
+from testkit.fakes.faults import Drip, DropConnection, FailWith, Stall, WrongLength
 
 # -- test data -------------------------------------------------------------------------------------
 
@@ -169,6 +170,9 @@ class FakeServer(FakeSite):
 
     def stall(self, path: str, after_bytes: int, seconds: float = 30.0, times: int | None = 1) -> Stall:
         return self.inject(Stall(target=path, after_bytes=after_bytes, seconds=seconds, times=times))
+
+    def drip(self, path: str, bytes_per_tick: int = 1, interval: float = 0.5, times: int | None = 1) -> Drip:
+        return self.inject(Drip(target=path, bytes_per_tick=bytes_per_tick, interval=interval, times=times))
 
     def wrong_length(self, path: str, announced: int | None, times: int | None = 1) -> WrongLength:
         return self.inject(WrongLength(target=path, announced=announced, times=times))
