@@ -353,3 +353,93 @@ def test_url_userinfo_scopes_the_entry_like_a_token_and_is_never_shown(fakes, ma
     ]
     assert not [text for text in [caplog.text, *stored] if "SECRET" in text or "alice" in text]
 
+
+# -- lock files -------------------------------------------------------------------------------------------------
+
+
+def test_lock_files_go_when_the_fetch_ends_whatever_its_outcome(fakes, make_fetcher) -> None:
+    """One lock file per source ever asked for would pile up (20 bad data: URIs left 20)."""
+    fetcher = make_fetcher()
+    for i in range(20):
+        bad = base64.b64encode(b"not a safetensors file %d" % i).decode()
+        with pytest.raises(LoraError):
+            fetcher.fetch(f"data:application/octet-stream;base64,{bad}")
+    good = fetcher.fetch("data:application/octet-stream;base64," + base64.b64encode(lora_bytes(41)).decode())
+
+    usage = fetcher.cache.usage()
+    assert (usage.entries, usage.lock_files, usage.work_folders) == (1, 0, 0)
+    assert sorted(p.name for p in fetcher.cache.locks_dir.iterdir()) in ([], ["cache.lock"])
+    assert good.path.exists()
+
+
+def test_lock_files_go_with_evicted_entries(fakes, make_fetcher) -> None:
+    blobs = [lora_bytes(42 + i, padding=20_000) for i in range(4)]
+    fetcher = make_fetcher(LORA_CACHE_MAX_BYTES=str(len(blobs[0]) * 2 + 100), LORA_CACHE_IN_USE_SECONDS="0")
+    for i, blob in enumerate(blobs):
+        fetcher.fetch(fakes.files.add_file(f"/evict{i}.safetensors", blob))
+
+    usage = fetcher.cache.usage()
+    assert (usage.entries, usage.lock_files) == (2, 0)
+
+
+def test_lock_files_left_by_a_dead_writer_are_swept_but_held_ones_stay(tmp_path: Path) -> None:
+    from lora_loader.cache import EntryLock, LoraCache
+
+    cache = LoraCache(tmp_path / "cache", 10**9, in_use_seconds=0)
+    for name in ("url-dead1", "hf-dead2"):
+        (cache.locks_dir / f"{name}.lock").touch()  # what a process killed while holding them leaves
+    held = EntryLock(cache.locks_dir / "url-alive.lock")
+    assert held.acquire(timeout=0)
+
+    assert LoraCache(tmp_path / "cache", 10**9, in_use_seconds=0).usage().lock_files == 1  # a new process starts
+    assert sorted(p.name for p in cache.locks_dir.glob("*.lock")) == ["url-alive.lock"]
+    held.release()
+    assert cache.usage().lock_files == 0
+
+
+def test_removing_lock_files_keeps_one_holder_at_a_time(tmp_path: Path) -> None:
+    """Writers on one key, each removing the lock file as it lets go, while others wait on it: a waiter that
+    locked the removed file must notice and lock the new one, or two would hold "the" lock at once."""
+    from lora_loader.cache import LoraCache
+
+    cache = LoraCache(tmp_path / "cache", 10**9, in_use_seconds=0)
+    inside, overlaps, rounds = threading.Lock(), [], []
+
+    def writer() -> None:
+        for _ in range(60):
+            with cache.writing("url-contended", "a LoRA"):
+                if not inside.acquire(blocking=False):
+                    overlaps.append(1)
+                    continue
+                time.sleep(0.0005)
+                inside.release()
+                rounds.append(1)
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert overlaps == [] and len(rounds) == 240
+    assert cache.usage().lock_files == 0
+
+
+def test_a_lock_on_a_file_its_path_no_longer_names_is_not_held(tmp_path: Path) -> None:
+    """The check behind the test above, made deterministic: the lock taken on a removed file is refused."""
+    from lora_loader.cache import EntryLock, _Replaced
+
+    path = tmp_path / "k.lock"
+    path.touch()
+    stale = os.open(path, os.O_RDWR)
+    path.unlink()
+    path.touch()  # the next holder's file
+    try:
+        with pytest.raises(_Replaced):
+            EntryLock(path)._check_still_named(stale)
+    finally:
+        os.close(stale)
+    lock = EntryLock(path)
+    assert lock.acquire(timeout=0)
+    lock.release()
+    assert not path.exists()
