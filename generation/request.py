@@ -34,9 +34,14 @@ class LoraChoice:
         return cls(str(source).strip(), float(scale))
 
 
+# Inputs the schema types as integers. JSON has one number type, so the schema (and Cog's validator) accepts 2.0
+# or 1e3 for them and run() receives a float, which torch, PIL and range() refuse with errors of their own.
+INTEGER_FIELDS = ("height", "width", "num_outputs", "num_inference_steps", "seed", "output_quality")
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One prediction's inputs, named as in the public schema."""
+    """One prediction's inputs, named as in the public schema; integer inputs are ints once it exists."""
 
     prompt: str
     image: str | os.PathLike | None = None
@@ -57,6 +62,12 @@ class GenerationRequest:
     megapixels: str = "1"
     main_lora: LoraChoice | None = None
     extra_lora: LoraChoice | None = None
+
+    def __post_init__(self) -> None:
+        for name in INTEGER_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, whole_number(name, value))
 
     @property
     def mode(self) -> Mode:
@@ -85,6 +96,15 @@ class GenerationPlan:
         """The denoising steps each output runs: all of them for text-to-image; for img2img and inpainting
         only the last ones, as `strength` decides (0.6 of 28 runs 17)."""
         return steps_that_run(self.num_inference_steps, self.strength)
+
+
+def whole_number(name: str, value: int | float) -> int:
+    """`value` as an int when it is a whole number (2, 2.0, 1e3); UserInputError naming `name` otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():  # False for NaN and infinity too
+        return int(value)
+    raise UserInputError(f"{name} must be a whole number, got {value!r}.")
 
 
 def validate(request: GenerationRequest) -> None:

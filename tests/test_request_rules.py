@@ -157,3 +157,16 @@ def test_schnell_ignores_guidance_and_uses_256_t5_tokens():
 def test_out_of_range_inputs_are_rejected_in_process_too(field, value):
     with pytest.raises(UserInputError, match=field):
         plan(GenerationRequest(prompt="x", **{field: value}))
+
+
+@pytest.mark.parametrize("name", ["num_outputs", "num_inference_steps", "seed", "output_quality", "width", "height"])
+def test_integer_inputs_sent_as_whole_floats_become_ints(name):
+    """JSON has one number type: the schema accepts 2.0 and 1e3 as integers, so run() can receive floats."""
+    value = getattr(GenerationRequest(prompt="x", **{name: 2.0 if name != "seed" else 1e3}), name)
+    assert type(value) is int and value == (2 if name != "seed" else 1000)
+
+
+@pytest.mark.parametrize("value", [2.5, float("nan"), float("inf"), True, "2"])
+def test_integer_inputs_that_are_not_whole_numbers_are_refused_by_name(value):
+    with pytest.raises(UserInputError, match=r"^num_outputs must be a whole number, got "):
+        GenerationRequest(prompt="x", num_outputs=value)
