@@ -14,6 +14,13 @@ shared decorator or generated signature would be invisible to that static reader
 Cog's current API (`BaseRunner`, `run()`): the deprecated `BasePredictor`/`predict()` would print deprecation
 warnings into the server's logs; the schema is the same either way (tests/test_schema.py proves it byte for byte).
 Each prediction's key figures (seed, steps, path, LoRA events, stage times) are recorded as Cog metrics.
+
+run() is async with `@cog.concurrent(max=4)`: four prediction slots, one prediction on the GPU at a time and up
+to three waiting, their inputs and LoRAs downloading meanwhile (generation/gpu_queue.py). One slot would do for
+the GPU, but coglet answers a prediction a moment before it frees its slot, so a client sending its next request
+right after an answer got `409 At capacity` once in 10-20 requests; with spare slots it never does
+(docs/DESIGN.md, "Serving"). `cog build` reads the decorator (an integer literal, as its static reader needs); a
+bare `python -m cog.server.http` does not, so script/serve and testkit set COG_MAX_CONCURRENCY from it.
 """
 
 import sys
@@ -105,6 +112,7 @@ class Predictor(BaseRunner):
     def setup(self, weights: Optional[str] = None) -> None:
         # Imported here, not at the top: the schema generator (script/serve, script/predict) imports this module,
         # and the service's imports (torch, diffusers) would add seconds to every schema build.
+        from generation.gpu_queue import GpuQueue
         from generation.service import GenerationService
 
         configure_logging()
@@ -115,11 +123,13 @@ class Predictor(BaseRunner):
         # here on they download under the configured address policy, timeouts and the input-image cap.
         input_urls.install(cog.types, config)
         self.service = GenerationService.from_config(config)
+        self.gpu = GpuQueue(self.service)
         if self.default_lora:
             self.service.loras.preload(self.default_lora)
         _settle_setup_logs()
 
-    def run(
+    @cog.concurrent(max=4)
+    async def run(
         self,
         prompt: str = Input(description=PROMPT),
         image: Optional[Path] = Input(description=IMAGE, default=None),
@@ -143,9 +153,9 @@ class Predictor(BaseRunner):
         extra_lora: Optional[str] = Input(description=LORA_WEIGHTS, default=None),
         extra_lora_scale: float = Input(description=EXTRA_LORA_SCALE, ge=-1, le=3, default=1.0),
     ) -> list[Path]:
-        return self._generate(**_request_fields(locals()), main_lora=replicate_weights or self.default_lora)
+        return await self._generate(**_request_fields(locals()), main_lora=replicate_weights or self.default_lora)
 
-    def _generate(
+    async def _generate(
         self,
         *,
         main_lora: Optional[str],
@@ -154,14 +164,16 @@ class Predictor(BaseRunner):
         extra_lora_scale: float,
         **fields,
     ) -> list[Path]:
-        for name in ("image", "mask"):  # a plain string is a server path the client typed, not a download
-            fields[name] = input_urls.require_file(fields[name], name)
-        request = GenerationRequest(
-            **fields,
-            main_lora=LoraChoice.of(main_lora, lora_scale),
-            extra_lora=LoraChoice.of(extra_lora, extra_lora_scale),
-        )
-        result = self.service.generate(request)
+        def make_request() -> GenerationRequest:  # in the preparing thread: require_file may download
+            for name in ("image", "mask"):  # a plain string is a server path the client typed, not a download
+                fields[name] = input_urls.require_file(fields[name], name)
+            return GenerationRequest(
+                **fields,
+                main_lora=LoraChoice.of(main_lora, lora_scale),
+                extra_lora=LoraChoice.of(extra_lora, extra_lora_scale),
+            )
+
+        result = await self.gpu.generate(make_request)
         for name, value in result.metrics().items():  # a no-op outside the Cog server (script/predict)
             self.record_metric(name, value)
         return [Path(p) for p in result.paths]
@@ -179,7 +191,8 @@ class TrainedPredictor(Predictor):
             )
         super().setup(weights)
 
-    def run(
+    @cog.concurrent(max=4)
+    async def run(
         self,
         prompt: str = Input(description=PROMPT),
         image: Optional[Path] = Input(description=IMAGE, default=None),
@@ -202,7 +215,7 @@ class TrainedPredictor(Predictor):
         extra_lora: Optional[str] = Input(description=LORA_WEIGHTS, default=None),
         extra_lora_scale: float = Input(description=EXTRA_LORA_SCALE, ge=-1, le=3, default=1.0),
     ) -> list[Path]:
-        return self._generate(**_request_fields(locals()), main_lora=self.default_lora)
+        return await self._generate(**_request_fields(locals()), main_lora=self.default_lora)
 
 
 def _request_fields(arguments: dict) -> dict:

@@ -38,15 +38,26 @@ class LoraStage:
         self.plain = plain
         self.fast = fast  # lora_loader.hotswap.HotswapAdapterManager, when the fp8 path was built
 
-    def apply(self, request: GenerationRequest, fast_path: bool) -> AppliedLoras:
-        """Make `request.model` carry exactly the request's LoRAs; says whether the fast path can run them.
-        The multiplier follows the path that runs: a go_fast request that falls back to bf16 gets bf16 scales."""
-        if not (request.main_lora or request.extra_lora) and not self._any_resident():
+    def fetch(self, request: GenerationRequest) -> FetchedLoras:
+        """The request's LoRA files, from the disk cache or downloaded into it. Changes no model, so the server
+        fetches a queued request's LoRAs while another request is on the GPU (generation/gpu_queue.py)."""
+        if not (request.main_lora or request.extra_lora):
+            return FetchedLoras()
+        with stage("Fetching LoRAs") as elapsed:
+            main = self._fetch(request.main_lora, request.prompt, "main")
+            extra = self._fetch(request.extra_lora, request.prompt, "extra")
+        return FetchedLoras(main, extra, elapsed.seconds)
+
+    def apply(self, request: GenerationRequest, fast_path: bool, fetched: FetchedLoras | None = None) -> AppliedLoras:
+        """Make `request.model` carry exactly the request's LoRAs (fetched now unless `fetched` is given); says
+        whether the fast path can run them. The multiplier follows the path that runs: a go_fast request that
+        falls back to bf16 gets bf16 scales."""
+        fetched = self.fetch(request) if fetched is None else fetched
+        if not (fetched.main or fetched.extra) and not self._any_resident():
             return AppliedLoras(fast=fast_path)
         with stage("LoRAs") as elapsed:
             before = self._resident_labels()
-            main = self._fetch(request.main_lora, request.prompt, "main")
-            extra = self._fetch(request.extra_lora, request.prompt, "extra")
+            main, extra = (self._still_cached(f, request) for f in (fetched.main, fetched.extra))
             specs = (main and main.spec, extra and extra.spec)
             fast_path = fast_path and self._apply_fast(request.model, *specs)
             if not fast_path:
@@ -56,7 +67,15 @@ class LoraStage:
         resident = len(self.plain.resident) + len(self._fast_resident())
         logger.info("LoRA adapters resident: %d", resident)
         events = tuple(f.event(request.model, before) for f in (main, extra) if f is not None)
-        return AppliedLoras(fast=fast_path, events=events, resident=resident, seconds=elapsed.seconds)
+        seconds = fetched.seconds + elapsed.seconds
+        return AppliedLoras(fast=fast_path, events=events, resident=resident, seconds=seconds)
+
+    def _still_cached(self, fetched: _Fetched | None, request: GenerationRequest) -> _Fetched | None:
+        """`fetched`, or fetched again when the cache evicted its file while the request waited for the GPU."""
+        if fetched is None or fetched.spec.path.exists():
+            return fetched
+        choice = request.main_lora if fetched.role == "main" else request.extra_lora
+        return self._fetch(choice, request.prompt, fetched.role)
 
     def _apply_fast(self, model: str, main: LoraSpec | None, extra: LoraSpec | None) -> bool:
         from lora_loader.hotswap import NotHotswappable
@@ -122,6 +141,15 @@ class LoraStage:
         if not path.is_relative_to(self.fetcher.cache.entries_dir):
             return "local"  # a local .safetensors file is read in place, never copied into the cache
         return "cache" if key in cached_before else "download"
+
+
+@dataclass(frozen=True)
+class FetchedLoras:
+    """A request's LoRA files on disk, not yet on any model, and how long fetching them took."""
+
+    main: _Fetched | None = None
+    extra: _Fetched | None = None
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,19 @@
 """The prediction service: loads everything once, then turns requests into image files.
 
 setup() cost is paid here once per process: base weights found (or downloaded), both models and the
-safety models loaded. Each `generate` call then resolves the request, applies LoRAs, denoises each
-output with its own seed, checks safety and writes the files, logging each stage's time for people and
-returning the files with what it did (`GenerationResult`) for scripts, tests and metrics.
+safety models loaded. A request then runs in two parts: `prepare` reads and checks its inputs, resolves its
+plan and fetches its LoRA files, touching no model, so the server runs it beside another request's GPU work;
+`render` attaches the LoRAs, denoises each output with its own seed, checks safety and writes the files, one
+request at a time (generation/gpu_queue.py queues them; `generate` runs both parts in the caller's thread).
+Each stage's time is logged for people, and the files come back with what was done (`GenerationResult`) for
+scripts, tests and metrics.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from PIL import Image
 
@@ -21,10 +24,12 @@ from weights.download import ensure_weights
 from weights.layout import FLUX_DEV, FLUX_SCHNELL, NSFW_CLASSIFIER, SAFETY_CHECKER
 
 from . import images, precision
+from .cancel import CancelFlag
 from .errors import UserInputError
 from .fast_path import FastPath
 from .logs import StageTimes, stage, step_logger
-from .loras import LoraStage
+from .loras import FetchedLoras, LoraStage
+from .outputs import OutputFolders
 from .pipelines import FluxModels
 from .precision import PathChoice
 from .request import GenerationPlan, GenerationRequest, plan
@@ -34,6 +39,8 @@ from .seeds import generator_for
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
+
+QUEUE_WORTH_MENTIONING = 0.01  # seconds waited for the GPU below which no other request held it
 
 
 class GenerationService:
@@ -52,6 +59,7 @@ class GenerationService:
         self.loras = loras
         self.fast = fast
         self.fast_unavailable = None if fast is not None else fast_unavailable  # why go_fast runs plain
+        self.outputs = OutputFolders(settings.output_dir)
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> GenerationService:
@@ -75,21 +83,42 @@ class GenerationService:
         loras = LoraStage(fetcher, AdapterManager(models), fast and fast.adapters)
         return cls(settings, models, safety, loras, fast, fast_unavailable)
 
-    def generate(self, request: GenerationRequest) -> GenerationResult:
+    def generate(self, request: GenerationRequest, cancel: CancelFlag | None = None) -> GenerationResult:
+        """`prepare` then `render`, in this thread (script/predict, tests, benches; the server queues them)."""
+        return self.render(self.prepare(request), cancel)
+
+    def prepare(self, request: GenerationRequest) -> PreparedRequest:
+        """What a request needs before the GPU: its inputs read and checked, its plan, its LoRA files fetched.
+        Changes no model, so it runs beside another request's `render` (generation/gpu_queue.py)."""
         # Every input is read and checked before any LoRA is downloaded: a bad mask must not cost a download.
         init_image = images.load_image(request.image) if request.image is not None else None
         resolved = plan(request, init_image.size if init_image else None)
         image, mask = self._prepare_inputs(request, resolved, init_image)
         self._log_plan(resolved)
-        choice, loras = self._apply_loras(request)  # before encoding the prompt: a LoRA may carry CLIP layers
-        times = StageTimes()  # a stage that did not run (no LoRAs, safety checker off) is absent
+        return PreparedRequest(request, resolved, image, mask, self.loras.fetch(request))
+
+    def render(
+        self, prepared: PreparedRequest, cancel: CancelFlag | None = None, queued: float = 0.0
+    ) -> GenerationResult:
+        """The request's images: its LoRAs onto the models, the prompt encoded, each output denoised, safety
+        checked, the files written. One at a time per process (it changes the models). `cancel` stops it between
+        two denoising steps or stages (PredictionCancelled); `queued` is how long it waited for the GPU."""
+        cancel = cancel or CancelFlag()
+        cancel.check()
+        request, resolved = prepared.request, prepared.plan
+        times = StageTimes()  # a stage that did not run (no queue, no LoRAs, safety checker off) is absent
+        if queued >= QUEUE_WORTH_MENTIONING:
+            logger.info("Waited %.2f s for the GPU", queued)
+            times.add("queue", queued)
+        choice, loras = self._apply_loras(request, prepared.loras)  # before encoding: a LoRA may carry CLIP layers
         if loras.events or loras.seconds:
             times.add("loras", loras.seconds)
         models = self.fast.models if choice.fast else self.models
-        generated = self._denoise_all(request, resolved, image, mask, models, times)
+        generated = self._denoise_all(request, resolved, prepared.image, prepared.mask, models, times, cancel)
+        cancel.check()
         kept = self._drop_unsafe(generated, request.disable_safety_checker, times)
         with times.stage("save", "Saving outputs"):
-            paths = images.save_outputs(kept, request.output_format, request.output_quality, self._fresh_output_dir())
+            paths = images.save_outputs(kept, request.output_format, request.output_quality, self.outputs.new())
         kept_indices = {index for index, _ in kept}
         return GenerationResult(
             paths=paths,
@@ -101,12 +130,12 @@ class GenerationService:
             stage_seconds=times.seconds,
         )
 
-    def _apply_loras(self, request: GenerationRequest) -> tuple[PathChoice, AppliedLoras]:
+    def _apply_loras(self, request: GenerationRequest, fetched: FetchedLoras) -> tuple[PathChoice, AppliedLoras]:
         """The path this request runs and its LoRAs on it: go_fast falls back to the plain path when the GPU,
         the size or one of its LoRAs cannot run on the compiled fp8 model (the log says which)."""
         custom_size = request.mode == "txt2img" and request.aspect_ratio == "custom"
         choice = precision.choose_path(request.go_fast, custom_size, self.fast_unavailable)
-        loras = self.loras.apply(request, fast_path=choice.fast)
+        loras = self.loras.apply(request, fast_path=choice.fast, fetched=fetched)
         if choice.fast and not loras.fast:
             choice = PathChoice(False, "a LoRA of this request cannot be swapped into the compiled model")
         precision.log_choice(choice, request.go_fast)
@@ -152,6 +181,7 @@ class GenerationService:
         mask: Image.Image | None,
         models: FluxModels,
         times: StageTimes,
+        cancel: CancelFlag,
     ) -> list[tuple[int, Image.Image]]:
         with times.stage("encode", "Encoding the prompt"):
             embeddings = models.encode_prompt(resolved.model, request.prompt, resolved.max_sequence_length)
@@ -160,7 +190,7 @@ class GenerationService:
             name = images.output_name(index, request.output_format)
             with times.stage("denoise", f"Generating {name}"):
                 generator = generator_for(resolved.seed + index, self.settings.device)
-                on_step = step_logger(name, resolved.steps_to_run)
+                on_step = _stopping_when_cancelled(step_logger(name, resolved.steps_to_run), cancel)
                 output = models.denoise(resolved, embeddings, generator, image, mask, on_step)
             generated.append((index, output))
         return generated
@@ -181,10 +211,25 @@ class GenerationService:
             raise UserInputError(ALL_FLAGGED_MESSAGE)
         return kept
 
-    def _fresh_output_dir(self) -> Path:
-        """One folder per process, emptied per prediction: Cog has uploaded the last prediction's files
-        by the time the next one starts, and this keeps a long-running server from filling the disk."""
-        folder = self.settings.output_dir
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        return folder
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A request ready for the GPU: checked, planned, its input images decoded and its LoRA files on disk."""
+
+    request: GenerationRequest
+    plan: GenerationPlan
+    image: Image.Image | None
+    mask: Image.Image | None
+    loras: FetchedLoras
+
+
+def _stopping_when_cancelled(on_step_end: Callable, cancel: CancelFlag) -> Callable:
+    """`on_step_end`, then a check of `cancel`: diffusers calls it after every step, so a cancelled prediction
+    stops within one step (its pipeline call unwinds with PredictionCancelled; nothing is left half done)."""
+
+    def on_step(pipeline, step: int, timestep, callback_kwargs: dict) -> dict:
+        callback_kwargs = on_step_end(pipeline, step, timestep, callback_kwargs)
+        cancel.check()
+        return callback_kwargs
+
+    return on_step

@@ -19,7 +19,7 @@ class Settings:
     weights_dir: Path
     device: torch.device
     dtype: torch.dtype
-    output_dir: Path  # each prediction's files; emptied at the start of the next prediction
+    output_dir: Path  # this process's outputs: a folder per prediction inside (generation/outputs.py)
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> Settings:

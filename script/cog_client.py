@@ -27,7 +27,7 @@ import httpx
 
 TERMINAL = ("succeeded", "failed", "canceled")
 EVENTS = ["start", "output", "logs", "completed"]
-BUSY_RETRY_SECONDS = 10  # coglet answers 409 for a moment after a prediction; a second client is another matter
+BUSY_RETRY_SECONDS = 10  # a 409 means other clients hold every slot (README, "The HTTP server"): wait a little
 HEALTH_EVERY_SECONDS = 5  # while waiting for webhooks: is the server still there?
 
 
@@ -202,10 +202,11 @@ def _validation_text(response: httpx.Response) -> str:
 
 
 def _error_text(body: dict) -> str:
-    """Cog words a failure "Prediction failed: Prediction failed: ValueError: <message>"; the message is the news."""
+    """Cog words a failure "Prediction failed: Async prediction failed: ValueError: <message>" (an async run();
+    "Prediction failed: Prediction failed: ..." for a synchronous one); the message is the news."""
     error = str(body.get("error") or "no error message")
-    while error.startswith("Prediction failed: "):
-        error = error.removeprefix("Prediction failed: ")
+    while error.startswith(("Prediction failed: ", "Async prediction failed: ")):
+        error = error.removeprefix("Prediction failed: ").removeprefix("Async prediction failed: ")
     for kind in ("UserInputError: ", "LoraError: ", "ValueError: "):
         error = error.removeprefix(kind)
     return error

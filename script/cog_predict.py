@@ -18,10 +18,12 @@ prediction) is one `error:` line and exit status 1; a traceback means a bug.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import contextlib
 import copy
 import importlib
+import inspect
 import json
 import mimetypes
 import os
@@ -222,6 +224,8 @@ def run_in_process(args: argparse.Namespace, values: dict, schema: dict) -> list
         predictor.setup(weights=os.environ.get("COG_WEIGHTS"))
         print(f"setup done in {time.perf_counter() - started:.1f} s")
         outputs = predictor.run(**values)
+        if inspect.iscoroutine(outputs):  # an async run(), as the server awaits it
+            outputs = asyncio.run(outputs)
     return [(Path(produced).read_bytes(), Path(produced).suffix) for produced in outputs]
 
 

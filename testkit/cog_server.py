@@ -1,11 +1,17 @@
-"""Start the real Cog HTTP server (cog + coglet) in a subprocess, as the integration tests need it."""
+"""Start the real Cog HTTP server (cog + coglet) in a subprocess, as the integration tests need it, with the
+prediction slots a `cog build` image would have (the predictor's `@cog.concurrent`; script/cog_concurrency.py)."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -33,6 +39,7 @@ class CogServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._env = {
+            "COG_MAX_CONCURRENCY": str(cog_max_concurrency(target)),  # as the image's; env may set another
             **env,
             "COG_PREDICT_TYPE_STUB": target,
             "PORT": str(self.port),
@@ -71,6 +78,15 @@ class CogServer:
     def predict(self, **inputs) -> httpx.Response:
         return httpx.post(f"{self.url}/predictions", json={"input": inputs}, timeout=300)
 
+    def begin(self, prediction_id: str, webhooks: Webhooks, **inputs) -> httpx.Response:
+        """Start a prediction without waiting for it; its progress (logs, the end) arrives at `webhooks`."""
+        body = {"input": inputs, "webhook": webhooks.url, "webhook_events_filter": ["start", "logs", "completed"]}
+        headers = {"Prefer": "respond-async"}
+        return httpx.put(f"{self.url}/predictions/{prediction_id}", json=body, headers=headers, timeout=30)
+
+    def cancel(self, prediction_id: str) -> httpx.Response:
+        return httpx.post(f"{self.url}/predictions/{prediction_id}/cancel", timeout=30)
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
@@ -79,3 +95,54 @@ class CogServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def cog_max_concurrency(target: str) -> int:
+    """The slots `cog build` would give `target`: script/cog_concurrency.py, loaded from its file."""
+    spec = importlib.util.spec_from_file_location("cog_concurrency", REPO_ROOT / "script" / "cog_concurrency.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.max_concurrency(target, REPO_ROOT)
+
+
+class Webhooks:
+    """A listener on 127.0.0.1 for the webhooks Cog sends while predictions run (coglet cannot be polled): the
+    latest body of each prediction, and a way to wait until one says something."""
+
+    def __init__(self) -> None:
+        self.latest: dict[str, dict] = {}
+        self._changed = threading.Condition()
+        webhooks = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                self.send_response(200)
+                self.end_headers()
+                with webhooks._changed:
+                    webhooks.latest[body.get("id")] = body
+                    webhooks._changed.notify_all()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_port}/webhook"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def wait(self, prediction_id: str, until: Callable[[dict], bool], timeout: float = 60) -> dict:
+        """The prediction's latest body once `until(body)` holds; TimeoutError with the last body otherwise."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: until(self.latest.get(prediction_id) or {}), timeout):
+                raise TimeoutError(f"{prediction_id}: {self.latest.get(prediction_id)}")
+            return self.latest[prediction_id]
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> Webhooks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

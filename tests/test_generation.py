@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from PIL import Image
 
 from generation import logs, sizes
 from generation import service as service_module
+from generation.cancel import CancelFlag, PredictionCancelled
 from generation.errors import UserInputError
 from generation.request import GenerationRequest, LoraChoice
 from testkit import lora_fixtures
@@ -267,10 +269,35 @@ def test_lora_events_say_downloaded_then_cached_and_rescaled(service, tmp_path):
     assert again.stage_seconds["loras"] > 0
 
 
-def test_outputs_of_the_previous_prediction_are_cleaned_up(service):
-    generate(service, num_outputs=3, megapixels="0.25", seed=1)
-    generate(service, num_outputs=1, megapixels="0.25", seed=1)
-    assert sorted(p.name for p in service.settings.output_dir.iterdir()) == ["out-0.webp"]
+def test_each_prediction_writes_into_a_folder_of_its_own(service):
+    """Cog may still be reading one prediction's files while the next one saves (generation/outputs.py)."""
+    first = run(service, num_outputs=3, seed=1).paths
+    second = run(service, num_outputs=1, seed=1).paths
+    assert [p.name for p in first] == ["out-0.webp", "out-1.webp", "out-2.webp"] and all(p.exists() for p in first)
+    assert first[0].parent != second[0].parent
+    assert first[0].parent.parent == second[0].parent.parent == service.settings.output_dir
+
+
+def test_a_cancelled_prediction_stops_after_the_step_it_was_cancelled_in(service, caplog):
+    """The server cancels the prediction on the GPU through its CancelFlag (generation/gpu_queue.py): the
+    denoising callback checks it after every step, so no further step runs and nothing is saved."""
+    cancel = CancelFlag()
+
+    class CancelAtStepTwo(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "step 2/20" in record.getMessage():  # logged by the step callback, just before its check
+                cancel.set()
+
+    handler = CancelAtStepTwo()
+    logging.getLogger("generation").addHandler(handler)
+    try:
+        with caplog.at_level(logging.INFO), pytest.raises(PredictionCancelled):
+            service.generate(GenerationRequest(prompt="x", num_inference_steps=20, megapixels="0.25"), cancel)
+    finally:
+        logging.getLogger("generation").removeHandler(handler)
+    steps = [r.getMessage() for r in caplog.records if " step " in r.getMessage()]
+    assert steps[-1].startswith("out-0.webp step 2/20") and len(steps) == 2
+    assert "Saving outputs" not in caplog.text
 
 
 def test_output_images_decode(service):

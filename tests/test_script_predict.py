@@ -34,7 +34,10 @@ def server(tiny_env, tmp_path_factory):
     running.stop()
 
 
-def test_the_quick_start_command_writes_outputs_to_the_current_folder(tmp_path, tiny_env):
+def test_the_quick_start_command_writes_outputs_to_the_current_folder_and_nothing_in_tmpdir(
+    tmp_path, tmp_path_factory, tiny_env
+):
+    temp = tmp_path_factory.mktemp("predict-tmpdir")  # its outputs folder, removed when the process exits
     result = run(
         [
             "-i",
@@ -51,13 +54,14 @@ def test_the_quick_start_command_writes_outputs_to_the_current_folder(tmp_path, 
             "seed=3",
         ],
         tmp_path,
-        tiny_env,
+        {**tiny_env, "TMPDIR": str(temp)},
         wrapper=True,
     )
     assert result.returncode == 0, result.stderr
     assert "Using seed: 3" in result.stdout + result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["output.0.png", "output.1.png"]
     assert Image.open(tmp_path / "output.0.png").size == (512, 512)
+    assert list(temp.iterdir()) == []
 
 
 def test_with_nothing_configured_it_uses_the_repos_folders_from_any_folder(tmp_path, tiny_env):

@@ -4,6 +4,9 @@
 # configured (no WEIGHTS_DIR, no $repo/model-cache/FLUX.1-dev and no HF_TOKEN to download them), build and
 # use the tiny random stand-ins, so a fresh clone runs the real code path in seconds. The images are noise.
 export LORA_CACHE_DIR=${LORA_CACHE_DIR:-$repo/weights-cache}
+# torch keeps its compile cache in $TMPDIR/torchinductor_<user>/ (made as soon as torchao is imported); kept with
+# the other caches instead, so a run leaves nothing in $TMPDIR and compiled code survives a cleaned /tmp.
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$repo/.torch-cache}
 if [ -z "${WEIGHTS_DIR:-}" ]; then
   if [ -f "$repo/model-cache/FLUX.1-dev/model_index.json" ] || [ -n "${HF_TOKEN:-}" ]; then
     export WEIGHTS_DIR="$repo/model-cache"
