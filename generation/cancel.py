@@ -79,7 +79,9 @@ class _Interruptible(threading.Thread):
         self._interrupted = False
 
     def run(self) -> None:
-        self.future.set_running_or_notify_cancel()  # from now on the awaiting side cannot cancel the future itself
+        if not self.future.set_running_or_notify_cancel():  # cancelled before it began: nothing to run
+            return
+        # From here the awaiting side cannot cancel the future; it interrupts the function instead.
         outcome: tuple[Any] | BaseException | None = None
         while True:
             try:
