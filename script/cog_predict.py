@@ -42,19 +42,23 @@ sys.path[:] = [str(REPO_ROOT), *(p for p in sys.path if Path(p or ".").resolve()
 from cog_client import ClientError, CogClient  # noqa: E402
 from openapi_schema import build_schema, default_target  # noqa: E402
 
-from generation.errors import UserInputError  # noqa: E402
-from lora_loader.errors import LoraError  # noqa: E402
-from weights.download import WeightsDownloadError  # noqa: E402
-
 SAME_FORMAT = {".jpeg": ".jpg"}
+COMMITTED_SCHEMA = REPO_ROOT / ".cog" / "openapi_schema.json"
 
 
 class UsageError(Exception):
     """Bad command-line input: printed without a traceback."""
 
 
-# Everything a user causes and can fix; anything else is a bug and keeps its traceback.
-USER_ERRORS = (UsageError, ClientError, UserInputError, LoraError, WeightsDownloadError)
+def user_errors() -> tuple[type[Exception], ...]:
+    """Everything a user causes and can fix; anything else is a bug and keeps its traceback. Imported only when
+    asked: the server's packages pull in torch (seconds), and a mistyped input must be reported at once."""
+    from generation.errors import UserInputError
+    from lora_loader.errors import LoraError
+    from serverconfig import ConfigError
+    from weights.download import WeightsDownloadError
+
+    return UsageError, ClientError, UserInputError, LoraError, WeightsDownloadError, ConfigError
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -206,6 +210,9 @@ def load_schema(args: argparse.Namespace) -> dict:
     target = args.target or default_target()
     if not (REPO_ROOT / target.partition(":")[0]).is_file():
         raise UsageError(f"--target {target}: no such file in {REPO_ROOT}")
+    if target == default_target() and COMMITTED_SCHEMA.is_file():
+        # The schema the Cog server validates with; tests/test_schema.py keeps it equal to predict.py's.
+        return json.loads(COMMITTED_SCHEMA.read_text())
     return build_schema(target)
 
 
@@ -270,7 +277,9 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
         written = predict(args)
-    except USER_ERRORS as error:
+    except Exception as error:
+        if not isinstance(error, (UsageError, ClientError)) and not isinstance(error, user_errors()):
+            raise
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
