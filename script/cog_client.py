@@ -23,7 +23,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
-import httpx
+import httpx2
 
 TERMINAL = ("succeeded", "failed", "canceled")
 EVENTS = ["start", "output", "logs", "completed"]
@@ -116,24 +116,24 @@ class CogClient:
     def _cancel(self, prediction_id: str | None) -> None:
         if prediction_id:
             try:
-                httpx.post(f"{self.url}/predictions/{prediction_id}/cancel", timeout=5)
-            except httpx.HTTPError:
+                httpx2.post(f"{self.url}/predictions/{prediction_id}/cancel", timeout=5)
+            except httpx2.HTTPError:
                 pass
 
     # -- HTTP -----------------------------------------------------------------------------------------------
 
-    def _get(self, path: str) -> httpx.Response:
+    def _get(self, path: str) -> httpx2.Response:
         try:
-            return httpx.get(self.url + path, timeout=30)
-        except httpx.TransportError as error:
+            return httpx2.get(self.url + path, timeout=30)
+        except httpx2.TransportError as error:
             raise ClientError(self._unreachable(error)) from None
 
-    def _post(self, body: dict, headers: dict | None = None) -> httpx.Response:
+    def _post(self, body: dict, headers: dict | None = None) -> httpx2.Response:
         deadline = time.monotonic() + BUSY_RETRY_SECONDS
         while True:
             try:
-                response = httpx.post(f"{self.url}/predictions", json=body, headers=headers, timeout=None)
-            except httpx.TransportError as error:
+                response = httpx2.post(f"{self.url}/predictions", json=body, headers=headers, timeout=None)
+            except httpx2.TransportError as error:
                 raise ClientError(self._unreachable(error)) from None
             if response.status_code != 409 or time.monotonic() > deadline:
                 break
@@ -146,7 +146,7 @@ class CogClient:
             raise ClientError(f"the server answered HTTP {response.status_code}: {response.text[:300]}")
         return response
 
-    def _unreachable(self, error: httpx.TransportError) -> str:
+    def _unreachable(self, error: httpx2.TransportError) -> str:
         reason = str(error) or error.__class__.__name__
         return f"no Cog server answers at {self.url} ({reason}); start one with script/serve"
 
@@ -192,7 +192,7 @@ def _is_loopback(url: str) -> bool:
         return False
 
 
-def _validation_text(response: httpx.Response) -> str:
+def _validation_text(response: httpx2.Response) -> str:
     """Cog's 422 detail list as `field: message; field: message`."""
     try:
         details = response.json()["detail"]

@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 import jsonschema
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -258,9 +258,9 @@ def fetch_output(item: str) -> tuple[bytes, str]:
         mime = header[5:].split(";")[0]
         return base64.b64decode(payload), mimetypes.guess_extension(mime) or ""
     try:
-        response = httpx.get(item, follow_redirects=True, timeout=60)
+        response = httpx2.get(item, follow_redirects=True, timeout=60)
         response.raise_for_status()
-    except httpx.HTTPError as error:
+    except httpx2.HTTPError as error:
         raise ClientError(f"could not download the output {item}: {error}") from None
     return response.content, Path(item.split("?")[0]).suffix
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
+import httpx2
 
 from testkit.fakes.core import free_port
 
@@ -71,21 +71,21 @@ class CogServer:
 
     def health(self) -> dict:
         try:
-            return httpx.get(f"{self.url}/health-check", timeout=5).json()
-        except httpx.TransportError:
+            return httpx2.get(f"{self.url}/health-check", timeout=5).json()
+        except httpx2.TransportError:
             return {}
 
-    def predict(self, **inputs) -> httpx.Response:
-        return httpx.post(f"{self.url}/predictions", json={"input": inputs}, timeout=300)
+    def predict(self, **inputs) -> httpx2.Response:
+        return httpx2.post(f"{self.url}/predictions", json={"input": inputs}, timeout=300)
 
-    def begin(self, prediction_id: str, webhooks: Webhooks, **inputs) -> httpx.Response:
+    def begin(self, prediction_id: str, webhooks: Webhooks, **inputs) -> httpx2.Response:
         """Start a prediction without waiting for it; its progress (logs, the end) arrives at `webhooks`."""
         body = {"input": inputs, "webhook": webhooks.url, "webhook_events_filter": ["start", "logs", "completed"]}
         headers = {"Prefer": "respond-async"}
-        return httpx.put(f"{self.url}/predictions/{prediction_id}", json=body, headers=headers, timeout=30)
+        return httpx2.put(f"{self.url}/predictions/{prediction_id}", json=body, headers=headers, timeout=30)
 
-    def cancel(self, prediction_id: str) -> httpx.Response:
-        return httpx.post(f"{self.url}/predictions/{prediction_id}/cancel", timeout=30)
+    def cancel(self, prediction_id: str) -> httpx2.Response:
+        return httpx2.post(f"{self.url}/predictions/{prediction_id}/cancel", timeout=30)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

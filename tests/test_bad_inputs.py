@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 import torch
 from PIL import Image
@@ -283,7 +283,7 @@ def good_image(server) -> bytes:
     return _run_good(server)
 
 
-def predict(server, **inputs) -> httpx.Response:
+def predict(server, **inputs) -> httpx2.Response:
     """POST a prediction once: a client that waits for each answer is never refused with 409 (predict.py)."""
     return server.predict(**inputs)
 
@@ -358,7 +358,7 @@ def test_a_bad_request_gets_one_clear_answer_and_the_server_stays_good(
 
 
 def test_a_malformed_body_gets_400_and_the_server_stays_ready(server):
-    response = httpx.post(
+    response = httpx2.post(
         f"{server.url}/predictions", content=b"{not json", headers={"Content-Type": "application/json"}
     )
     assert response.status_code in (400, 422), response.text
@@ -405,7 +405,7 @@ def test_cancelling_a_prediction_stops_its_image_download(server, sites, temp_di
     before = _temp_files(temp_dir)
     prediction = uuid.uuid4().hex
     inputs = {"prompt": "x", "num_inference_steps": 1, "megapixels": "0.25", "image": sites.files.url("/slow.png")}
-    started = httpx.put(
+    started = httpx2.put(
         f"{server.url}/predictions/{prediction}",
         json={"input": inputs},
         headers={"Prefer": "respond-async"},
@@ -415,7 +415,7 @@ def test_cancelling_a_prediction_stops_its_image_download(server, sites, temp_di
     assert _wait(lambda: _temp_files(temp_dir) - before, 30), "the image download never started"
 
     cancelled = time.monotonic()
-    assert httpx.post(f"{server.url}/predictions/{prediction}/cancel", timeout=10).status_code == 200
+    assert httpx2.post(f"{server.url}/predictions/{prediction}/cancel", timeout=10).status_code == 200
     assert _wait(lambda: _temp_files(temp_dir) <= before, 5), "the download went on after the cancel"
     assert _settled_health(server, seconds=5) == "READY"
     assert time.monotonic() - cancelled < 2.5, "the cancel did not stop the download promptly"

@@ -31,7 +31,7 @@ from testkit.cog_server import CogServer
 from testkit.fakes.faults import Drip
 from testkit.fakes.lora_servers import FakeCivitai, FakeServer, FakeVersion, lora_bytes
 from testkit.fetch_workers import fetch_many_in_process
-from testkit.helpers import png_bytes
+from testkit.helpers import digest, png_bytes
 from testkit.lora_sites import tiny_lora_bytes, tiny_lora_shapes
 
 READ_TIMEOUT = "0.3"  # seconds; a stalled fake is given up on after this
@@ -98,7 +98,7 @@ def test_dropped_connections_resume_and_an_outage_leaves_a_clean_cache(files: Fa
     files.drop_connection("/drop.safetensors", after_bytes=200_000)
     fetcher = make_fetcher()
 
-    assert fetcher.fetch(url).path.read_bytes() == data
+    assert digest(fetcher.fetch(url).path.read_bytes()) == digest(data)
     assert [r.range for r in files.gets("/drop.safetensors")] == [None, "bytes=100000-", "bytes=200000-"]
 
     other = lora_bytes(51, padding=100_000)
@@ -109,7 +109,7 @@ def test_dropped_connections_resume_and_an_outage_leaves_a_clean_cache(files: Fa
     assert valid_entries(fetcher.cache.root) == {fetcher.fetch(url).key: sha(data)}
 
     files.faults.clear()  # the site is back
-    assert fetcher.fetch(broken).path.read_bytes() == other
+    assert digest(fetcher.fetch(broken).path.read_bytes()) == digest(other)
     assert sorted(valid_entries(fetcher.cache.root).values()) == sorted([sha(data), sha(other)])
 
 
@@ -124,7 +124,7 @@ def test_a_stalled_body_times_out_and_resumes(files: FakeServer, make_fetcher) -
 
     lora = make_fetcher().fetch(url)
 
-    assert lora.path.read_bytes() == data
+    assert digest(lora.path.read_bytes()) == digest(data)
     assert time.monotonic() - started < 5  # the read timeout, not the server's 30 s
     assert [r.range for r in files.gets("/stall.safetensors")] == [None, "bytes=80000-"]
 
@@ -157,7 +157,7 @@ def test_server_errors_back_off_exponentially_then_recover(files: FakeServer, ma
     files.fail("/busy.safetensors", 503, times=2)
     fetcher = make_fetcher()
 
-    assert fetcher.fetch(url).path.read_bytes() == data
+    assert digest(fetcher.fetch(url).path.read_bytes()) == digest(data)
     assert [r.status for r in files.gets("/busy.safetensors")] == [503, 503, 200]
     assert sleeps == [0.01, 0.02]  # base_delay, doubled
 
@@ -184,7 +184,7 @@ def test_api_errors_are_retried_too(civitai: FakeCivitai, make_fetcher, sleeps) 
     civitai.add_model(5, [FakeVersion(50, lora_bytes(58))])
     civitai.site.fail("/api/v1/models/5", 502, times=1)
 
-    assert make_fetcher().fetch("civitai.com/models/5").path.read_bytes() == lora_bytes(58)
+    assert digest(make_fetcher().fetch("civitai.com/models/5").path.read_bytes()) == digest(lora_bytes(58))
     assert [r.status for r in civitai.site.requests][:2] == [502, 200] and sleeps == [0.01]
 
 
@@ -197,7 +197,7 @@ def test_a_body_shorter_than_announced_is_retried_never_kept(files: FakeServer, 
     files.wrong_length("/short.safetensors", announced=len(data) + 1000)  # once: the next answer is right
     fetcher = make_fetcher()
 
-    assert fetcher.fetch(url).path.read_bytes() == data
+    assert digest(fetcher.fetch(url).path.read_bytes()) == digest(data)
     assert len(files.gets("/short.safetensors")) == 2
 
     liar = files.add_file("/liar.safetensors", lora_bytes(60, padding=50_000), ranges=False)
@@ -217,7 +217,7 @@ def test_a_body_longer_than_announced_is_cut_there_and_refused_as_damaged(files:
     with pytest.raises(LoraError, match=r"not a valid .safetensors file \(.*truncated or damaged"):
         fetcher.fetch(url)
     assert valid_entries(fetcher.cache.root) == {}
-    assert fetcher.fetch(url).path.read_bytes() == data  # the fault was once; the next fetch is whole
+    assert digest(fetcher.fetch(url).path.read_bytes()) == digest(data)  # the fault was once; the next fetch is whole
 
 
 # -- HTML instead of a file ---------------------------------------------------------------------------------------
@@ -231,7 +231,7 @@ def test_html_instead_of_a_file_is_named_and_not_cached(files: FakeServer, make_
         fetcher.fetch(url)
     assert valid_entries(fetcher.cache.root) == {}
     files.add_file("/lora.safetensors", lora_bytes(62))
-    assert fetcher.fetch(url).path.read_bytes() == lora_bytes(62)
+    assert digest(fetcher.fetch(url).path.read_bytes()) == digest(lora_bytes(62))
 
 
 def test_a_redirect_loop_fails_at_once_with_advice_and_caches_nothing(files: FakeServer, make_fetcher, sleeps) -> None:
@@ -255,7 +255,7 @@ def test_a_full_cache_evicts_least_recently_used_entries(files: FakeServer, make
     fetcher = make_fetcher(LORA_CACHE_IN_USE_SECONDS="0", LORA_CACHE_MAX_BYTES=str(cap))
 
     for url, blob in zip(urls, blobs, strict=True):
-        assert fetcher.fetch(url).path.read_bytes() == blob
+        assert digest(fetcher.fetch(url).path.read_bytes()) == digest(blob)
         entries = valid_entries(fetcher.cache.root)
         assert len(entries) <= 2 and fetcher.cache.total_bytes() <= cap
     assert sorted(entries.values()) == sorted(sha(b) for b in blobs[-2:])
@@ -293,7 +293,7 @@ def test_a_full_disk_while_downloading_is_a_clear_error_and_leaves_nothing(files
     assert valid_entries(fetcher.cache.root) == {}
 
     monkeypatch.undo()  # space was freed
-    assert fetcher.fetch(url).path.read_bytes() == data
+    assert digest(fetcher.fetch(url).path.read_bytes()) == digest(data)
     assert list(valid_entries(fetcher.cache.root).values()) == [sha(data)]
 
 
@@ -313,7 +313,7 @@ def test_a_full_disk_while_committing_leaves_no_half_entry(files, make_fetcher, 
         fetcher.fetch(url)
     assert valid_entries(fetcher.cache.root) == {}
     monkeypatch.undo()
-    assert fetcher.fetch(url).path.read_bytes() == data
+    assert digest(fetcher.fetch(url).path.read_bytes()) == digest(data)
 
 
 # -- two processes, one cache -------------------------------------------------------------------------------------

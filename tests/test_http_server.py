@@ -9,7 +9,7 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
+import httpx2
 import pytest
 from PIL import Image
 
@@ -63,7 +63,7 @@ def failed(response) -> str:
 
 def test_health_is_ready_and_schema_is_served(server):
     assert server.health()["status"] == "READY"
-    schema = httpx.get(f"{server.url}/openapi.json").json()
+    schema = httpx2.get(f"{server.url}/openapi.json").json()
     properties = schema["components"]["schemas"]["Input"]["properties"]
     assert sorted(properties, key=lambda name: properties[name]["x-order"])[17] == "replicate_weights"
 
@@ -172,7 +172,7 @@ def test_a_client_sending_each_request_once_it_has_the_answer_never_gets_409(ser
     `409 At capacity` about once in ten tries. Successes, failed predictions and 422s, back to back."""
     mask = "data:image/png;base64," + base64.b64encode(_png_bytes()).decode()
     kinds = [{}, {"num_outputs": 5}, {"mask": mask}]  # succeeds, 422, fails
-    with httpx.Client(timeout=300) as client:
+    with httpx2.Client(timeout=300) as client:
         outcomes = [
             outcome(
                 client.post(

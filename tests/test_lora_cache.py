@@ -23,6 +23,7 @@ from lora_loader.cache import LORA_FILE, SIDECAR
 from serverconfig import ServerConfig
 from testkit.fakes.lora_servers import FakeVersion, lora_bytes, make_tar, trainer_tar
 from testkit.fetch_workers import fetch_in_process
+from testkit.helpers import digest
 from testkit.lora_sites import LoraSites
 
 HF_TOKEN = "hf_CacheTestTokenForTheFakeHub012345"
@@ -116,7 +117,7 @@ def test_threads_asking_for_one_lora_share_one_download(fakes, make_fetcher) -> 
         thread.join()
 
     assert len(results) == 4 and len({r.path for r in results}) == 1
-    assert results[0].path.read_bytes() == data
+    assert digest(results[0].path.read_bytes()) == digest(data)
     assert len(fakes.files.gets("/shared.safetensors")) == 1
 
 
@@ -136,7 +137,7 @@ def test_processes_sharing_the_cache_share_one_download(fakes, environ) -> None:
         process.join(timeout=30)
 
     assert [p.exitcode for p in processes] == [0, 0]
-    assert got[0] == got[1] and Path(got[0][0]).read_bytes() == data
+    assert got[0] == got[1] and digest(Path(got[0][0]).read_bytes()) == digest(data)
     assert len(fakes.files.gets("/multi.safetensors")) == 1
 
 
@@ -154,7 +155,7 @@ def test_damaged_entries_are_fetched_again_not_served(fakes, make_fetcher, caplo
         again = make_fetcher().fetch(url)
 
     assert "unusable" in caplog.text
-    assert again.path.read_bytes() == data and len(fakes.files.gets("/d.safetensors")) == 2
+    assert digest(again.path.read_bytes()) == digest(data) and len(fakes.files.gets("/d.safetensors")) == 2
 
 
 def test_an_interrupted_download_leaves_no_entry_and_its_leftovers_are_cleaned(fakes, make_fetcher) -> None:
@@ -175,7 +176,7 @@ def test_an_interrupted_download_leaves_no_entry_and_its_leftovers_are_cleaned(f
     fetcher = make_fetcher()
 
     assert not stale.exists()
-    assert fetcher.fetch(url).path.read_bytes() == data
+    assert digest(fetcher.fetch(url).path.read_bytes()) == digest(data)
 
 
 # -- the cap ----------------------------------------------------------------------------------------------
@@ -199,7 +200,7 @@ def test_least_recently_used_entries_are_evicted_under_the_cap(fakes, make_fetch
     assert f"evicted {b.key}" in caplog.text
     assert fetcher.cache.total_bytes() <= int(size * 2.5)
     fakes.clear_requests()
-    assert fetcher.fetch(urls["a"]).path.read_bytes() == blobs["a"] and fakes.requests == []
+    assert digest(fetcher.fetch(urls["a"]).path.read_bytes()) == digest(blobs["a"]) and fakes.requests == []
 
 
 def test_entries_in_use_are_not_evicted_even_over_the_cap(fakes, make_fetcher, caplog) -> None:
@@ -313,7 +314,7 @@ def test_each_tokens_entries_stay_with_that_token(fakes, make_fetcher, kind: str
         fakes.civitai.add_model(31, [FakeVersion(310, data)])
         source, name, token = "civitai.com/models/31", "CIVITAI_API_TOKEN", CIVITAI_TOKEN
     fetched = make_fetcher(**{name: token}).fetch(source)
-    assert fetched.path.read_bytes() == data
+    assert digest(fetched.path.read_bytes()) == digest(data)
     fakes.clear_requests()
 
     for others in ({}, {name: "another-token-0123456789"}):
@@ -335,7 +336,7 @@ def test_url_userinfo_scopes_the_entry_like_a_token_and_is_never_shown(fakes, ma
     fetcher = make_fetcher()
 
     alice = fetcher.fetch(f"http://alice:SECRET@{host}")
-    assert alice.path.read_bytes() == data
+    assert digest(alice.path.read_bytes()) == digest(data)
     assert [r.authorization for r in files.gets("/private.safetensors")] == ["Basic YWxpY2U6U0VDUkVU"]
     files.add_page("/private.safetensors", b"Unauthorized", status=401)  # from here on, credentials are checked
     files.clear_requests()

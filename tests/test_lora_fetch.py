@@ -1,7 +1,7 @@
 """LoraFetcher against fake Replicate, Hugging Face, CivitAI and file servers on loopback: every source
 form, what is sent (tokens, ranges), how failures read, and that only valid safetensors come out.
 
-Real HTTP end to end (httpx and huggingface_hub are not mocked); LORA_ALLOW_PRIVATE_URLS=1 lets the
+Real HTTP end to end (httpx2 and huggingface_hub are not mocked); LORA_ALLOW_PRIVATE_URLS=1 lets the
 fetcher reach 127.0.0.1, except in the tests of the address policy itself."""
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from testkit.fakes.lora_servers import (
     make_tar,
     trainer_tar,
 )
+from testkit.helpers import digest
 
 HF_TOKEN = "hf_LoraTokenForTheFakeHub0123456789"
 CIVITAI_TOKEN = "civitai0SecretApiKey0123456789abcdef"
@@ -91,8 +92,8 @@ def test_replicate_model_and_version_forms_yield_the_trainers_lora(replicate: Fa
     latest = fetcher.fetch("fofr/flux-mona-lisa")
     versioned = fetcher.fetch(f"https://replicate.com/fofr/flux-mona-lisa/versions/{VERSION}")
 
-    assert latest.path.read_bytes() == LORA and latest.trigger_words == ("MNALSA",)
-    assert versioned.path.read_bytes() == lora_bytes(2) and versioned.trigger_words == ("OLDMNA",)
+    assert digest(latest.path.read_bytes()) == digest(LORA) and latest.trigger_words == ("MNALSA",)
+    assert digest(versioned.path.read_bytes()) == digest(lora_bytes(2)) and versioned.trigger_words == ("OLDMNA",)
     assert [r.path for r in replicate.site.requests] == [
         "/fofr/flux-mona-lisa/_weights",
         f"/fofr/flux-mona-lisa/versions/{VERSION}/_weights",
@@ -109,7 +110,7 @@ def test_replicate_delivery_tar_url(replicate: FakeReplicate, make_fetcher) -> N
 
     lora = make_fetcher().fetch(delivered)
 
-    assert lora.path.read_bytes() == LORA and lora.trigger_words == ("TOK",)
+    assert digest(lora.path.read_bytes()) == digest(LORA) and lora.trigger_words == ("TOK",)
     assert lora.source == delivered
 
 
@@ -124,7 +125,7 @@ def test_replicate_token_is_sent_as_bearer_to_replicate_only(replicate: FakeRepl
         make_fetcher(REPLICATE_API_TOKEN="r8_wrong").fetch(source)
     lora = make_fetcher(REPLICATE_API_TOKEN=REPLICATE_TOKEN).fetch(source)
 
-    assert lora.path.read_bytes() == LORA
+    assert digest(lora.path.read_bytes()) == digest(LORA)
     assert replicate.site.requests[-1].authorization == f"Bearer {REPLICATE_TOKEN}"
     assert all(r.authorization is None for r in replicate.delivery.requests)  # not forwarded off-origin
 
@@ -163,7 +164,7 @@ def test_tar_links_are_refused_and_macos_metadata_is_ignored(files: FakeServer, 
         make_fetcher().fetch(url)
 
     url = files.add_file("/mac.tar", make_tar({"._lora.safetensors": b"\x00\x05junk", "lora.safetensors": LORA}))
-    assert make_fetcher().fetch(url).path.read_bytes() == LORA
+    assert digest(make_fetcher().fetch(url).path.read_bytes()) == digest(LORA)
 
 
 # -- Hugging Face ------------------------------------------------------------------------------------
@@ -185,7 +186,7 @@ def test_hugging_face_forms(hub: FakeHub, make_fetcher, form: str) -> None:
 
     lora = make_fetcher().fetch(form.format(repo=repo))
 
-    assert lora.path.read_bytes() == LORA
+    assert digest(lora.path.read_bytes()) == digest(LORA)
     assert hub.fetched(repo).count("flux-tarot.safetensors") == 1
     assert not any(r.authorized for r in hub.requests)  # no HF_TOKEN: anonymous
 
@@ -220,7 +221,7 @@ def test_hugging_face_repo_file_rules(hub: FakeHub, make_fetcher, repo_files: li
 
     lora = make_fetcher().fetch("huggingface.co/someone/lora")
 
-    assert lora.path.read_bytes() == contents[chosen]
+    assert digest(lora.path.read_bytes()) == digest(contents[chosen])
     assert hub.fetched("someone/lora") == [chosen]
 
 
@@ -261,8 +262,8 @@ def test_hugging_face_access_errors_say_whether_hf_token_is_needed(hub: FakeHub,
     with pytest.raises(LoraError, match=r"refused HF_TOKEN \(invalid or expired\)"):
         make_fetcher(HF_TOKEN="hf_NotAKnownToken").fetch("huggingface.co/corp/gated")
 
-    assert authorized.fetch("huggingface.co/corp/gated").path.read_bytes() == LORA
-    assert authorized.fetch("huggingface.co/corp/private").path.read_bytes() == LORA
+    assert digest(authorized.fetch("huggingface.co/corp/gated").path.read_bytes()) == digest(LORA)
+    assert digest(authorized.fetch("huggingface.co/corp/private").path.read_bytes()) == digest(LORA)
     assert HF_TOKEN not in caplog.text
 
 
@@ -291,7 +292,7 @@ def test_hugging_face_dropped_connection_is_retried_within_the_call(
     lora = make_fetcher().fetch("huggingface.co/someone/big")
 
     # huggingface_hub resumes (or, below its 10 MB read size, restarts) on its own.
-    assert fault.hits == 1 and lora.path.read_bytes() == big
+    assert fault.hits == 1 and digest(lora.path.read_bytes()) == digest(big)
     assert hub.fetched("someone/big") == ["lora.safetensors", "lora.safetensors"]
     # Its retry warning names the CDN URL; the signature in it is stripped.
     assert "Trying to resume" in caplog.text and "sig=" not in caplog.text
@@ -317,7 +318,7 @@ def test_civitai_model_page_resolves_to_the_newest_version(civitai: FakeCivitai,
 
     lora = make_fetcher().fetch("https://civitai.com/models/735262/some-slug")
 
-    assert lora.path.read_bytes() == new
+    assert digest(lora.path.read_bytes()) == digest(new)
     assert lora.trigger_words == ("ohwx style", "vintage")
     assert [r.path for r in civitai.site.requests] == ["/api/v1/models/735262", "/api/download/models/822300"]
     assert "type=Model&format=SafeTensor" in civitai.site.requests[-1].query
@@ -331,7 +332,7 @@ def test_civitai_model_version_id_query_picks_that_version(civitai: FakeCivitai,
 
     lora = make_fetcher().fetch("civitai.com/models/735262?modelVersionId=811111")
 
-    assert lora.path.read_bytes() == old and lora.trigger_words == ("oldword",)
+    assert digest(lora.path.read_bytes()) == digest(old) and lora.trigger_words == ("oldword",)
     with pytest.raises(LoraError, match=r"model 735262 has no version 999 \(its versions: 822300, 811111\)"):
         make_fetcher().fetch("civitai.com/models/735262?modelVersionId=999")
 
@@ -341,7 +342,7 @@ def test_civitai_download_link_uses_the_version_id(civitai: FakeCivitai, make_fe
 
     lora = make_fetcher().fetch("https://civitai.com/api/download/models/811111")
 
-    assert lora.path.read_bytes() == old and lora.trigger_words == ("oldword",)
+    assert digest(lora.path.read_bytes()) == digest(old) and lora.trigger_words == ("oldword",)
     assert [r.path for r in civitai.site.requests] == ["/api/v1/model-versions/811111", "/api/download/models/811111"]
 
 
@@ -368,7 +369,7 @@ def test_civitai_token_is_sent_and_401_explained(civitai: FakeCivitai, make_fetc
         make_fetcher(CIVITAI_API_TOKEN="wrong").fetch(source)
     lora = make_fetcher(CIVITAI_API_TOKEN=CIVITAI_TOKEN).fetch(source)
 
-    assert lora.path.read_bytes() == LORA
+    assert digest(lora.path.read_bytes()) == digest(LORA)
     assert [r.authorization for r in civitai.site.requests[-2:]] == [f"Bearer {CIVITAI_TOKEN}"] * 2
     assert [r.authorization for r in civitai.storage.requests] == [None]  # S3 would refuse it
     assert CIVITAI_TOKEN not in caplog.text
@@ -385,7 +386,7 @@ def test_a_civitai_token_in_the_url_is_used_never_shown_and_scopes_the_cache(
     fetcher = make_fetcher()
 
     lora = fetcher.fetch(f"https://civitai.com/api/download/models/50?type=Model&token={CIVITAI_TOKEN}")
-    assert lora.path.read_bytes() == LORA
+    assert digest(lora.path.read_bytes()) == digest(LORA)
     assert civitai.site.requests[-1].authorization == f"Bearer {CIVITAI_TOKEN}"
     assert all(CIVITAI_TOKEN not in r.query for r in civitai.site.requests), "sent as a header, not in URLs"
     with pytest.raises(LoraError, match=r"refused the token in the URL"):
@@ -417,7 +418,7 @@ def test_signed_url_is_fetched_and_its_query_never_logged(files: FakeServer, mak
 
     lora = make_fetcher().fetch(url)
 
-    assert lora.path.read_bytes() == LORA and "S3cr3tSig" not in lora.source
+    assert digest(lora.path.read_bytes()) == digest(LORA) and "S3cr3tSig" not in lora.source
     assert "S3cr3tSig" not in caplog.text and "AKIAFAKE" not in caplog.text
     assert "downloaded" in caplog.text and "MB/s" in caplog.text
 
@@ -468,9 +469,9 @@ def test_url_status_errors(files: FakeServer, make_fetcher) -> None:
 def test_data_uris_of_a_safetensors_file_or_of_a_tar(make_fetcher) -> None:
     fetcher = make_fetcher()
 
-    assert fetcher.fetch(data_uri(LORA)).path.read_bytes() == LORA
+    assert digest(fetcher.fetch(data_uri(LORA)).path.read_bytes()) == digest(LORA)
     from_tar = fetcher.fetch(data_uri(trainer_tar(lora_bytes(4), "DATATOK")))
-    assert from_tar.path.read_bytes() == lora_bytes(4) and from_tar.trigger_words == ("DATATOK",)
+    assert digest(from_tar.path.read_bytes()) == digest(lora_bytes(4)) and from_tar.trigger_words == ("DATATOK",)
     with pytest.raises(LoraError, match="got an HTML page"):
         fetcher.fetch(data_uri(html_page()))
 
@@ -493,7 +494,7 @@ def test_local_files_folders_and_tars(tmp_path: Path, make_fetcher, monkeypatch)
     assert fetcher.fetch("./loras/style").path == direct.path
     assert fetcher.fetch(f"file://{folder}/style.safetensors").sha256 == direct.sha256
     unpacked = fetcher.fetch("./trained.tar")
-    assert unpacked.path.read_bytes() == lora_bytes(5) and unpacked.trigger_words == ("LOCALTOK",)
+    assert digest(unpacked.path.read_bytes()) == digest(lora_bytes(5)) and unpacked.trigger_words == ("LOCALTOK",)
     with pytest.raises(LoraError, match=r"holds 2 .safetensors files.*e.g. .*/pack/a.safetensors"):
         fetcher.fetch("./pack")
     with pytest.raises(LoraError, match="There is no file or folder at"):
@@ -510,7 +511,7 @@ def test_dropped_connection_is_resumed_with_range_and_if_range(files: FakeServer
 
     lora = make_fetcher().fetch(url)
 
-    assert fault.hits == 1 and lora.path.read_bytes() == big
+    assert fault.hits == 1 and digest(lora.path.read_bytes()) == digest(big)
     first, second = files.gets("/big.safetensors")
     assert first.range is None and second.range == "bytes=150000-"
     assert second.if_range == files.routes["/big.safetensors"].etag and second.status == 206
@@ -523,7 +524,7 @@ def test_server_without_ranges_restarts_from_the_start(files: FakeServer, make_f
 
     lora = make_fetcher().fetch(url)
 
-    assert lora.path.read_bytes() == big
+    assert digest(lora.path.read_bytes()) == digest(big)
     assert [r.range for r in files.gets("/plain.safetensors")] == [None, None]
 
 
@@ -531,7 +532,7 @@ def test_server_errors_are_retried_with_backoff(files: FakeServer, make_fetcher)
     url = files.add_file("/busy.safetensors", LORA)
     files.fail("/busy.safetensors", 503, times=2)
 
-    assert make_fetcher().fetch(url).path.read_bytes() == LORA
+    assert digest(make_fetcher().fetch(url).path.read_bytes()) == digest(LORA)
     assert [r.status for r in files.gets("/busy.safetensors")] == [503, 503, 200]
 
 

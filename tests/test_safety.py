@@ -61,7 +61,7 @@ def test_flagged_outputs_are_dropped_and_names_keep_their_index(service, service
     expected = [o for o, b in zip(unchecked, brightness, strict=True) if b <= threshold + TIE_MARGIN]
     assert [o.name for o in kept] == [o.name for o in expected]
     assert [o.name for o in kept] != [f"out-{i}.png" for i in range(len(kept))], "names must keep their index"
-    assert [o.data for o in kept] == [o.data for o in expected], "kept images are returned unchanged"
+    assert [o.digest for o in kept] == [o.digest for o in expected], "kept images are returned unchanged"
 
 
 def _seen_brightness(service, image) -> float:

@@ -44,7 +44,7 @@ from serverconfig import ServerConfig
 from testkit.cog_server import CogServer
 from testkit.fakes.hf_hub import FakeHub
 from testkit.fakes.lora_servers import FakeServer, lora_bytes, make_tar
-from testkit.helpers import png_bytes
+from testkit.helpers import digest, png_bytes
 
 FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02)
 LORA = lora_bytes(41)
@@ -120,7 +120,7 @@ def test_the_checked_address_is_dialed_and_the_name_kept_for_the_host_header(fil
     with pinned_client(policy, backend) as client:
         fetch_url(client, f"http://files.example:{port}/lora.safetensors", tmp_path / "x")
 
-    assert (tmp_path / "x").read_bytes() == LORA
+    assert digest((tmp_path / "x").read_bytes()) == digest(LORA)
     assert backend.dialed == ["127.0.0.1"] and resolver.lookups == ["files.example"]
     assert [r.host for r in files.requests] == [f"files.example:{port}"]
 
@@ -209,7 +209,7 @@ def test_tls_to_a_pinned_address_uses_the_name_for_sni_and_the_certificate(tmp_p
     try:
         with pinned_client(policy, RecordingBackend(), ssl_context=ssl.create_default_context(cafile=cert)) as client:
             fetch_url(client, f"https://lora.example:{port}/lora.safetensors", tmp_path / "x")
-        assert (tmp_path / "x").read_bytes() == LORA
+        assert digest((tmp_path / "x").read_bytes()) == digest(LORA)
         assert seen == {"sni": ["lora.example"], "host": [f"lora.example:{port}"]}
 
         # The same address under a name the certificate does not cover: verification fails.
@@ -491,7 +491,7 @@ def test_a_failed_image_download_leaves_no_temp_file(files: FakeServer, tmp_path
     files.add_file("/photo.png", png_bytes(), content_type="image/png")
     photo = url_path("/photo.png")
     converted = photo.convert()
-    assert Path(converted).read_bytes() == png_bytes() and list(tmp_path.iterdir()) == [Path(converted)]
+    assert digest(Path(converted).read_bytes()) == digest(png_bytes()) and list(tmp_path.iterdir()) == [Path(converted)]
     assert photo.fileobj.closed, "the download behind the copy is released at once"
 
 
@@ -505,9 +505,9 @@ def test_image_urls_with_a_scheme_in_capitals_are_downloaded_under_the_guard(fil
     url = files.add_file("/Photo.png", png_bytes(), content_type="image/png")
 
     downloaded = input_urls.require_file("HTTP://" + url.removeprefix("http://"), "image")
-    assert Path(downloaded).read_bytes() == png_bytes() and len(files.gets("/Photo.png")) == 1
+    assert digest(Path(downloaded).read_bytes()) == digest(png_bytes()) and len(files.gets("/Photo.png")) == 1
     inline = input_urls.require_file("Data:image/png;base64," + base64.b64encode(png_bytes()).decode(), "mask")
-    assert Path(inline).read_bytes() == png_bytes()
+    assert digest(Path(inline).read_bytes()) == digest(png_bytes())
     kept = [Path(downloaded), Path(inline)]
     del downloaded, inline
     assert not [path for path in kept if path.exists()], "the files go with the paths"

@@ -7,7 +7,7 @@ instead. Everything else is here, once:
 
 - Listeners: one threaded server per role in `roles` (most sites have one; the Hub has a second that plays
   its CDN), each on an ephemeral loopback port, all sharing the site's state, log and faults. HTTP/1.1
-  keep-alive (httpx and huggingface_hub pool connections), TCP_NODELAY, and `close()` cuts the keep-alive
+  keep-alive (httpx2 and huggingface_hub pool connections), TCP_NODELAY, and `close()` cuts the keep-alive
   connections still open so no handler thread outlives the site.
 - The request log: every answer is recorded as it starts, so a client that got its answer always finds it
   logged, with the Authorization, Range, If-Range and Host headers as sent (tests check which token
