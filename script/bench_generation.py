@@ -36,39 +36,10 @@ from generation.settings import Settings
 from lora_loader import LoraFetcher
 from lora_loader.adapters import AdapterManager
 from serverconfig import ServerConfig
+from testkit.flux1_models import CLIP_L, FLUX1_DEV_TRANSFORMER, T5_XXL
 from testkit.tiny_weights import write_tiny_weights
 from weights.layout import FLUX_DEV, FLUX_SCHNELL, NSFW_CLASSIFIER, SAFETY_CHECKER
 
-FLUX_TRANSFORMER = dict(
-    patch_size=1,
-    in_channels=64,
-    num_layers=19,
-    num_single_layers=38,
-    attention_head_dim=128,
-    num_attention_heads=24,
-    joint_attention_dim=4096,
-    pooled_projection_dim=768,
-    axes_dims_rope=(16, 56, 56),
-)
-T5_XXL = dict(
-    vocab_size=32128,
-    d_model=4096,
-    d_kv=64,
-    d_ff=10240,
-    num_layers=24,
-    num_heads=64,
-    feed_forward_proj="gated-gelu",
-    dropout_rate=0.0,
-)
-CLIP_L = dict(
-    vocab_size=49408,
-    hidden_size=768,
-    intermediate_size=3072,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    max_position_embeddings=77,
-    projection_dim=768,
-)
 FLUX_VAE = dict(
     in_channels=3,
     out_channels=3,
@@ -153,7 +124,8 @@ def full_size_models(tiny_models: FluxModels, device: torch.device, dtype: torch
         pipes = []
         for model in STEPS:
             base = tiny_models.pipeline(model, "txt2img")
-            transformer = FluxTransformer2DModel(**FLUX_TRANSFORMER, guidance_embeds=model == "dev").to(dtype)
+            config = {**FLUX1_DEV_TRANSFORMER, "guidance_embeds": model == "dev"}  # schnell has no guidance
+            transformer = FluxTransformer2DModel(**config).to(dtype)
             pipes.append(FluxPipeline(**{**base.components, **shared, "transformer": transformer}))
     return FluxModels(*pipes, device)
 
