@@ -45,6 +45,8 @@ DEFAULT_DOWNLOAD_DEADLINE = 600.0
 # at this rate takes 3.6 hours, so it stops only servers that are not really serving.
 DEFAULT_DOWNLOAD_MIN_RATE = 100_000
 DEFAULT_DOWNLOAD_RATE_WINDOW = 30.0  # seconds: as long as the read timeout lets a server stay silent
+# Inductor's and Triton's caches and the mega-cache file, so a restarted server skips recompiling.
+DEFAULT_COMPILE_CACHE_DIR = Path("./compile-cache")
 OUTPUTS_FOLDER = "flux-outputs-{pid}"  # under TMPDIR: one per server process, emptied per prediction
 
 
@@ -60,6 +62,14 @@ class ServerConfig:
     device: str = field(default_factory=values.default_device, metadata=_env("FLUX_DEVICE", values.device))
     dtype: str | None = field(default=None, metadata=_env("FLUX_DTYPE", values.dtype))  # None: by device
     temp_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()), metadata=_env("TMPDIR", values.path))
+    # Compilation and attention (generation/compile_settings.py, generation/attention.py).
+    # auto: compiled on CUDA, eager elsewhere (compiling FLUX on a CPU takes minutes); on / off force it.
+    compile: str = field(default="auto", metadata=_env("FLUX_COMPILE", values.compile_mode))
+    compile_cache_dir: Path = field(
+        default=DEFAULT_COMPILE_CACHE_DIR, metadata=_env("FLUX_COMPILE_CACHE_DIR", values.path)
+    )
+    # auto: the fastest backend measured at setup that matches the reference; else a diffusers backend name.
+    attention_backend: str = field(default="auto", metadata=_env("FLUX_ATTENTION_BACKEND", values.attention_backend))
     # Sites and their tokens.
     hf_token: str | None = field(default=None, repr=False, metadata=_env("HF_TOKEN", values.text, secret=True))
     hf_endpoint: str = field(default=DEFAULT_HF_ENDPOINT, metadata=_env("HF_ENDPOINT", values.base_url))
@@ -144,7 +154,7 @@ class ServerConfig:
         return {spec.metadata["variable"]: spec.name for spec in fields(cls)}
 
 
-_FOLDERS = ("weights_dir", "temp_dir", "lora_cache_dir")
+_FOLDERS = ("weights_dir", "temp_dir", "lora_cache_dir", "compile_cache_dir")
 
 
 def _dtype(name: str | None, device: str) -> str:

@@ -123,6 +123,30 @@ def dtype(value: str) -> str:
     return canonical
 
 
+def compile_mode(value: str) -> str:
+    """auto, on or off (the words `flag` takes count as on / off): whether the transformers are compiled."""
+    lowered = value.lower()
+    if lowered == "auto":
+        return "auto"
+    try:
+        return "on" if flag(lowered) else "off"
+    except ValueError:
+        raise ValueError("is not a compile mode; use auto, on or off.") from None
+
+
+def attention_backend(value: str) -> str:
+    """auto (measure at setup) or the name of one of diffusers' attention backends, as diffusers spells it."""
+    lowered = value.lower()
+    if lowered == "auto":
+        return "auto"
+    from diffusers.models.attention_dispatch import AttentionBackendName  # here: diffusers imports torch
+
+    names = [backend.value for backend in AttentionBackendName]
+    if lowered not in names:
+        raise ValueError(f"is not an attention backend; use auto or one of {', '.join(names)}.")
+    return lowered
+
+
 def default_device() -> str:
     """cuda when a GPU is visible, else cpu."""
     import torch

@@ -28,6 +28,8 @@ def test_defaults() -> None:
     assert config.replicate_base_url == "https://replicate.com"
     assert (config.hf_token, config.civitai_token, config.replicate_token) == (None, None, None)
     assert not config.allow_private_urls and config.lora_local_dirs == ()
+    assert (config.compile, config.attention_backend) == ("auto", "auto")
+    assert config.compile_cache_dir == Path("compile-cache").absolute()
     assert config == ServerConfig(), "from_env with nothing set is the dataclass's own defaults"
 
 
@@ -76,6 +78,34 @@ def test_values_of_every_kind_parse(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("value", "mode"), [("auto", "auto"), ("AUTO", "auto"), ("on", "on"), ("1", "on"), ("Off", "off"), ("no", "off")]
+)
+def test_the_compile_mode_parses(value: str, mode: str) -> None:
+    assert ServerConfig.from_env({"FLUX_COMPILE": value}).compile == mode
+
+
+def test_the_compile_cache_folder_and_attention_backend_parse(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    environ = {"FLUX_COMPILE_CACHE_DIR": "cache/compiled", "FLUX_ATTENTION_BACKEND": "_NATIVE_CUDNN"}
+
+    config = ServerConfig.from_env(environ)
+
+    assert config.compile_cache_dir == tmp_path / "cache" / "compiled"  # absolute at setup, like every folder
+    assert config.attention_backend == "_native_cudnn"  # diffusers' spelling
+    assert ServerConfig.from_env({"FLUX_ATTENTION_BACKEND": "Auto"}).attention_backend == "auto"
+    assert ServerConfig.from_env({"FLUX_ATTENTION_BACKEND": "flash"}).attention_backend == "flash"  # checked at setup
+
+
+def test_an_unknown_attention_backend_lists_the_valid_names() -> None:
+    with pytest.raises(ConfigError) as caught:
+        ServerConfig.from_env({"FLUX_ATTENTION_BACKEND": "cudnn"})
+
+    message = str(caught.value)
+    assert message.startswith("FLUX_ATTENTION_BACKEND='cudnn' is not an attention backend; use auto or one of ")
+    assert all(name in message for name in ("native", "_native_cudnn", "_native_flash", "_flash_3", "flash"))
+
+
+@pytest.mark.parametrize(
     ("variable", "value", "why"),
     [
         ("WEIGHTS_DIR", "~no-such-user-here/weights", "is not a path"),
@@ -98,6 +128,9 @@ def test_values_of_every_kind_parse(tmp_path: Path) -> None:
         ("REPLICATE_BASE_URL", "https://replicate.com/?x=1", "is not a site's base URL"),
         ("FLUX_DEVICE", "gpu", "is not a torch device"),
         ("FLUX_DTYPE", "int8", "is not supported"),
+        ("FLUX_COMPILE", "sometimes", "is not a compile mode; use auto, on or off."),
+        ("FLUX_COMPILE_CACHE_DIR", "bad\0dir", "is not a path"),
+        ("FLUX_ATTENTION_BACKEND", "fastest", "is not an attention backend; use auto or one of"),
     ],
 )
 def test_a_bad_value_of_each_kind_is_a_config_error_naming_its_variable(variable: str, value: str, why: str) -> None:
