@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lora_loader import LoraFetcher
-from lora_loader.adapters import AdapterManager, LoraSpec
+from lora_loader.adapters import LoraSpec, ResidentLora
 from lora_loader.errors import prefixed
+from lora_loader.hotswap import NotHotswappable
 
+from .execution import ExecutionPaths, Route
 from .logs import stage
 from .request import GenerationRequest, LoraChoice
 from .result import AppliedLoras, FetchOutcome, LoraEvent
@@ -28,15 +30,14 @@ GO_FAST_LORA_MULTIPLIER = 1.0
 
 
 class LoraStage:
-    """The request's LoRAs on whichever path runs it: the plain models (`plain`, key-named adapters) or the
-    compiled fp8 models (`fast`, two hotswapped slots). The path not running is emptied of LoRAs, so the
-    process never holds more than two: the request's, or on the compiled path a previous one parked at scale 0
-    in a slot this request leaves unused (kept for reuse; it adds nothing to the image)."""
+    """The request's LoRAs on the execution path that runs it (generation/execution.py): key-named peft adapters
+    on the plain path, two hotswapped slots on a compiled one. Every other path is emptied of LoRAs, so the
+    process never holds more than two: the request's, or on a compiled path a previous one parked at scale 0 in
+    a slot this request leaves unused (kept for reuse; it adds nothing to the image)."""
 
-    def __init__(self, fetcher: LoraFetcher, plain: AdapterManager, fast=None):
+    def __init__(self, fetcher: LoraFetcher, paths: ExecutionPaths):
         self.fetcher = fetcher
-        self.plain = plain
-        self.fast = fast  # lora_loader.hotswap.HotswapAdapterManager, when the fp8 path was built
+        self.paths = paths
 
     def fetch(self, request: GenerationRequest) -> FetchedLoras:
         """The request's LoRA files, from the disk cache or downloaded into it. Changes no model, so the server
@@ -48,27 +49,32 @@ class LoraStage:
             extra = self._fetch(request.extra_lora, request.prompt, "extra")
         return FetchedLoras(main, extra, elapsed.seconds)
 
-    def apply(self, request: GenerationRequest, fast_path: bool, fetched: FetchedLoras | None = None) -> AppliedLoras:
-        """Make `request.model` carry exactly the request's LoRAs (fetched now unless `fetched` is given); says
-        whether the fast path can run them. The multiplier follows the path that runs: a go_fast request that
-        falls back to bf16 gets bf16 scales."""
+    def apply(self, request: GenerationRequest, route: Route, fetched: FetchedLoras | None = None) -> AppliedLoras:
+        """Make `request.model` on `route`'s path carry exactly the request's LoRAs (fetched now unless `fetched`
+        is given), at the request's scales times that path's multiplier. A LoRA that path's slots cannot take
+        sends the request to the plain path: the returned `route` is the one to run."""
         fetched = self.fetch(request) if fetched is None else fetched
-        if not (fetched.main or fetched.extra) and not self._any_resident():
-            return AppliedLoras(fast=fast_path)
+        if not (fetched.main or fetched.extra) and not self._resident():
+            return AppliedLoras(route)
         with stage("LoRAs") as elapsed:
             before = self._resident_labels()
             main, extra = (self._still_cached(f, request) for f in (fetched.main, fetched.extra))
-            specs = (main and main.spec, extra and extra.spec)
-            fast_path = fast_path and self._apply_fast(request.model, *specs)
-            if not fast_path:
-                self.plain.apply(request.model, *specs)
-                if self.fast is not None and self.fast.resident:
-                    self.fast.empty()
-        resident = len(self.plain.resident) + len(self._fast_resident())
+            route = self._put_on(route, request.model, main and main.spec, extra and extra.spec)
+        resident = len(self._resident())
         logger.info("LoRA adapters resident: %d", resident)
         events = tuple(f.event(request.model, before) for f in (main, extra) if f is not None)
-        seconds = fetched.seconds + elapsed.seconds
-        return AppliedLoras(fast=fast_path, events=events, resident=resident, seconds=seconds)
+        return AppliedLoras(route, events, resident, fetched.seconds + elapsed.seconds)
+
+    def _put_on(self, route: Route, model: str, main: LoraSpec | None, extra: LoraSpec | None) -> Route:
+        try:
+            route.path.adapters.apply(model, main, extra, multiplier=route.path.lora_multiplier)
+        except NotHotswappable as error:
+            route = self.paths.fallback(route, str(error))
+            self.paths.plain.adapters.apply(model, main, extra, multiplier=self.paths.plain.lora_multiplier)
+        for other in self.paths.all:
+            if other is not route.path and other.adapters.resident:
+                other.adapters.empty()
+        return route
 
     def _still_cached(self, fetched: _Fetched | None, request: GenerationRequest) -> _Fetched | None:
         """`fetched`, or fetched again when the cache evicted its file while the request waited for the GPU."""
@@ -77,27 +83,12 @@ class LoraStage:
         choice = request.main_lora if fetched.role == "main" else request.extra_lora
         return self._fetch(choice, request.prompt, fetched.role)
 
-    def _apply_fast(self, model: str, main: LoraSpec | None, extra: LoraSpec | None) -> bool:
-        from lora_loader.hotswap import NotHotswappable
-
-        try:
-            self.fast.apply(model, main, extra, multiplier=GO_FAST_LORA_MULTIPLIER)
-        except NotHotswappable as error:
-            logger.info("go_fast: %s; this request runs the plain path", error)
-            return False
-        if self.plain.resident:
-            self.plain.apply(model, None, None)
-        return True
-
-    def _fast_resident(self) -> tuple:
-        return self.fast.resident if self.fast is not None else ()
-
-    def _any_resident(self) -> bool:
-        return bool(self.plain.resident or self._fast_resident())
+    def _resident(self) -> tuple[ResidentLora, ...]:
+        return tuple(lora for path in self.paths.all for lora in path.adapters.resident)
 
     def _resident_labels(self) -> set[tuple[str, str]]:
         """(model, LoRA label) of every adapter held now, to tell an attach from a re-scale afterwards."""
-        return {(lora.model, lora.label) for lora in (*self.plain.resident, *self._fast_resident())}
+        return {(lora.model, lora.label) for lora in self._resident()}
 
     def preload(self, source: str, model: str = "dev") -> None:
         """Download and attach a LoRA ahead of the first request (a trained model's own weights, at setup),
@@ -109,7 +100,8 @@ class LoraStage:
             with prefixed("COG_WEIGHTS"):
                 lora = self.fetcher.fetch(source)
             spec = LoraSpec(key=lora.key, path=lora.path, scale=1.0, source=lora.source)
-            self.plain.apply(model, spec, None)
+            default = self.paths.default
+            self._put_on(Route(default, False, "preload"), model, spec, None)
 
     def _fetch(self, choice: LoraChoice | None, prompt: str, role: str) -> _Fetched | None:
         if choice is None:

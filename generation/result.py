@@ -9,15 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .request import GenerationPlan
+
+if TYPE_CHECKING:
+    from .execution import Route
 
 # How a LoRA file was had: already in the disk cache, downloaded (or unpacked) now, or read from a local path.
 FetchOutcome = Literal["cache", "download", "local"]
 # What the model needed: the adapter was read and attached (or swapped into a slot), or was there and only re-scaled.
 AttachOutcome = Literal["attached", "rescaled"]
-PathTaken = Literal["plain", "fp8"]
+# The execution path (generation/execution.py); "+eager": that path's models with compiled code off for this size.
+PathTaken = Literal["plain", "compiled", "compiled+eager", "fp8", "fp8+eager"]
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ class LoraEvent:
 class AppliedLoras:
     """What the LoRA stage did for one request."""
 
-    fast: bool  # whether the request's LoRAs run on the compiled fp8 path (False: the plain path)
+    route: Route  # the path the request runs, its LoRAs on it (a LoRA the slots refuse moves it to plain)
     events: tuple[LoraEvent, ...] = ()
     resident: int = 0  # LoRA adapters held in the whole process afterwards (never above 2)
     seconds: float = 0.0  # fetching, attaching, swapping and re-scaling; 0 when the stage had nothing to do
@@ -57,7 +61,7 @@ class GenerationResult:
     paths: list[Path]  # the files returned, in output order (outputs dropped by the safety checker left out)
     plan: GenerationPlan
     path: PathTaken
-    path_reason: str  # why that path: "go_fast is off", "custom sizes run in bf16, ...", ...
+    path_reason: str  # why that path: "go_fast is off: bf16, compiled, ...", "go_fast: custom sizes run ...", ...
     loras: AppliedLoras
     flagged: tuple[int, ...] = ()  # indices of outputs the safety checker dropped
     stage_seconds: dict[str, float] = field(default_factory=dict)  # loras, encode, denoise, safety, save

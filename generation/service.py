@@ -18,25 +18,23 @@ from dataclasses import dataclass
 from PIL import Image
 
 from lora_loader import LoraFetcher
-from lora_loader.adapters import AdapterManager
 from serverconfig import ServerConfig
 from weights.download import ensure_weights
 from weights.layout import FLUX_DEV, FLUX_SCHNELL, NSFW_CLASSIFIER, SAFETY_CHECKER
 
-from . import images, precision
+from . import execution, images
 from .cancel import CancelFlag
 from .errors import UserInputError
-from .fast_path import FastPath
 from .logs import StageTimes, stage, step_logger
 from .loras import FetchedLoras, LoraStage
 from .outputs import OutputFolders
 from .pipelines import FluxModels
-from .precision import PathChoice
 from .request import GenerationPlan, GenerationRequest, plan
-from .result import AppliedLoras, GenerationResult
+from .result import GenerationResult
 from .safety import ALL_FLAGGED_MESSAGE, SafetyChecker
 from .seeds import generator_for
 from .settings import Settings
+from .setup_paths import build_paths
 
 logger = logging.getLogger(__name__)
 
@@ -47,41 +45,39 @@ class GenerationService:
     def __init__(
         self,
         settings: Settings,
-        models: FluxModels,
         safety: SafetyChecker,
         loras: LoraStage,
-        fast: FastPath | None = None,
-        fast_unavailable: str | None = "the fp8 path was not built",
+        setup_seconds: dict[str, float] | None = None,
     ):
         self.settings = settings
-        self.models = models
         self.safety = safety
         self.loras = loras
-        self.fast = fast
-        self.fast_unavailable = None if fast is not None else fast_unavailable  # why go_fast runs plain
+        self.paths = loras.paths
+        self.models = self.paths.plain.models  # the bf16 models every path shares its encoders and VAE with
+        self.setup_seconds = dict(setup_seconds or {})  # stage -> seconds (docs/DESIGN.md "Cold and warm starts")
         self.outputs = OutputFolders(settings.output_dir)
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> GenerationService:
-        """Load everything `config` names: base weights (found or downloaded), models, LoRA fetcher."""
+        """Load everything `config` names: base weights (found or downloaded), models, the execution paths
+        this device can run (generation/setup_paths.py), the LoRA fetcher."""
         settings = Settings.from_config(config)
         logger.info("Device %s, dtype %s, weights in %s", settings.device, settings.dtype, settings.weights_dir)
         fetcher = LoraFetcher(config)
+        times = StageTimes()
         with stage("Setup"):
-            with stage("Finding base weights"):
+            with times.stage("weights_find", "Finding base weights"):
                 folders = ensure_weights(config)
-            with stage("Loading FLUX.1 [dev] and [schnell]"):
+            with times.stage("weights_load", "Loading FLUX.1 [dev] and [schnell]"):
                 models = FluxModels.load(
                     folders[FLUX_DEV.name], folders[FLUX_SCHNELL.name], settings.device, settings.dtype
                 )
-            with stage("Loading the safety checkers"):
+            with times.stage("safety_load", "Loading the safety checkers"):
                 safety = SafetyChecker(
                     folders[SAFETY_CHECKER.name], folders[NSFW_CLASSIFIER.name], settings.device, settings.dtype
                 )
-            sources = {"dev": folders[FLUX_DEV.name], "schnell": folders[FLUX_SCHNELL.name]}
-            fast, fast_unavailable = FastPath.try_build(models, sources)
-        loras = LoraStage(fetcher, AdapterManager(models), fast and fast.adapters)
-        return cls(settings, models, safety, loras, fast, fast_unavailable)
+            paths = build_paths(models, config, times)
+        return cls(settings, safety, LoraStage(fetcher, paths), times.seconds)
 
     def generate(self, request: GenerationRequest, cancel: CancelFlag | None = None) -> GenerationResult:
         """`prepare` then `render`, in this thread (script/predict, tests, benches; the server queues them)."""
@@ -110,11 +106,19 @@ class GenerationService:
         if queued >= QUEUE_WORTH_MENTIONING:
             logger.info("Waited %.2f s for the GPU", queued)
             times.add("queue", queued)
-        choice, loras = self._apply_loras(request, prepared.loras)  # before encoding: a LoRA may carry CLIP layers
+        route = self.paths.route(request, resolved)
+        loras = self.loras.apply(request, route, prepared.loras)  # before encoding: a LoRA may carry CLIP layers
+        route = loras.route
         if loras.events or loras.seconds:
             times.add("loras", loras.seconds)
-        models = self.fast.models if choice.fast else self.models
-        generated = self._denoise_all(request, resolved, prepared.image, prepared.mask, models, times, cancel)
+        execution.log_route(route, self.paths.default, request.go_fast)
+        moved = route.path.prepare_model(resolved.model)
+        if moved:
+            times.add("weights_swap", moved)
+        with route.path.running(route.eager):
+            generated = self._denoise_all(
+                request, resolved, prepared.image, prepared.mask, route.path.models, times, cancel
+            )
         cancel.check()
         kept = self._drop_unsafe(generated, request.disable_safety_checker, times)
         with times.stage("save", "Saving outputs"):
@@ -123,23 +127,12 @@ class GenerationService:
         return GenerationResult(
             paths=paths,
             plan=resolved,
-            path="fp8" if choice.fast else "plain",
-            path_reason=choice.reason,
+            path=route.name,
+            path_reason=route.reason,
             loras=loras,
             flagged=tuple(index for index, _ in generated if index not in kept_indices),
             stage_seconds=times.seconds,
         )
-
-    def _apply_loras(self, request: GenerationRequest, fetched: FetchedLoras) -> tuple[PathChoice, AppliedLoras]:
-        """The path this request runs and its LoRAs on it: go_fast falls back to the plain path when the GPU,
-        the size or one of its LoRAs cannot run on the compiled fp8 model (the log says which)."""
-        custom_size = request.mode == "txt2img" and request.aspect_ratio == "custom"
-        choice = precision.choose_path(request.go_fast, custom_size, self.fast_unavailable)
-        loras = self.loras.apply(request, fast_path=choice.fast, fetched=fetched)
-        if choice.fast and not loras.fast:
-            choice = PathChoice(False, "a LoRA of this request cannot be swapped into the compiled model")
-        precision.log_choice(choice, request.go_fast)
-        return choice, loras
 
     def _log_plan(self, resolved: GenerationPlan) -> None:
         logger.info("Using seed: %d", resolved.seed)

@@ -113,6 +113,12 @@ class AdapterManager:
             self._ensure_attached(model, spec, spec.scale * multiplier)
         self._set_scales(model, wanted, multiplier)
 
+    def empty(self) -> None:
+        """No adapter on any model: what the server does when a request runs on another execution path."""
+        for lora in list(self._resident.values()):
+            self._remove(lora)
+        self._unload_everything()
+
     # Removing
 
     def _remove_all_but(self, model: str, keep: set[str]) -> None:
@@ -239,8 +245,11 @@ def detach(pipe: FluxPipeline, adapter: str) -> None:
 
 
 def unload(pipe: FluxPipeline) -> None:
-    """No adapter left: take out peft's (empty) wrapper layers too, so the modules are as loaded."""
-    pipe.transformer.unload_lora()
+    """No adapter of ours left: take out peft's (empty) wrapper layers too, so the modules are as loaded. A
+    transformer that also carries the compiled path's LoRA slots (lora_loader/hotswap.py, same modules) keeps
+    its wrappers: the slots live in them."""
+    if not getattr(pipe.transformer, "peft_config", None):
+        pipe.transformer.unload_lora()
     for encoder in _text_encoders(pipe).values():
         text_encoders.unload(encoder)
 

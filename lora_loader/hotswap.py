@@ -131,6 +131,7 @@ class HotswapAdapterManager:
         """Make `model` run with exactly these LoRAs at scale × multiplier. Raises NotHotswappable (or LoraError
         for a broken file) before changing anything if one of them cannot be swapped in."""
         prepared = self._slots_of(model)
+        _rearm(prepared)
         wanted = _dedupe(main, extra)
         placement = _place(prepared.slots, wanted)
         new = {name: spec for name, spec in placement.items() if prepared.slots[name].key != spec.key}
@@ -264,6 +265,18 @@ def _placeholder(
         state_dict[name + LORA_A] = torch.zeros(rank, layer.in_features, **options)
         state_dict[name + LORA_B] = torch.zeros(layer.out_features, rank, **options)
     return state_dict
+
+
+def _rearm(prepared: _Slots) -> None:
+    """Both slots active again, as when the graphs were compiled. The plain path can run on these same modules
+    (generation/execution.py: it runs them uncompiled) and its `AdapterManager` makes its own adapters the
+    active ones; the compiled graphs guard on which adapters are active and on their weights' requires_grad, so
+    anything else than the state at compile time would recompile. peft's layer-level `set_adapter` restores
+    both without touching the scale tensors (diffusers' `set_adapters` would replace them with floats)."""
+    wanted = list(SLOTS)
+    for layer in prepared.layers.values():
+        if layer.active_adapters != wanted:
+            layer.set_adapter(wanted)
 
 
 def _clear(prepared: _Slots, slot: _Slot) -> None:

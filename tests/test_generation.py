@@ -189,10 +189,10 @@ def test_inpainting_mask_is_resized_to_the_image(service, tmp_path):
 def test_go_fast_on_cpu_runs_the_plain_path_and_says_why(service):
     fast = run(service, go_fast=True, seed=8, output_format="png")
     assert (fast.path, fast.metrics()["path"]) == ("plain", "plain")
-    assert fast.path_reason.startswith("fp8 needs a CUDA GPU")
+    assert fast.path_reason.startswith("go_fast: fp8 needs a CUDA GPU")
     fast_digest = digest(fast.paths[0].read_bytes())
     plain = run(service, go_fast=False, seed=8, output_format="png")
-    assert plain.path_reason == "go_fast is off"
+    assert plain.path_reason == "go_fast is off: float32, uncompiled, LoRAs as adapters"
     assert fast_digest == digest(plain.paths[0].read_bytes()), "the same plain path both times"
 
 

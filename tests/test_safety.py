@@ -25,7 +25,7 @@ def service_with(service, tmp_path):
         write_safety_checker(tmp_path / "checker", checker_threshold)
         write_nsfw_classifier(tmp_path / "classifier", classifier_threshold)
         safety = SafetyChecker(tmp_path / "checker", tmp_path / "classifier", torch.device("cpu"), torch.float32)
-        return GenerationService(service.settings, service.models, safety, service.loras)
+        return GenerationService(service.settings, safety, service.loras)
 
     return build
 

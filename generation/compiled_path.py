@@ -1,0 +1,78 @@
+"""The compiled bf16 path: FLUX's repeated blocks compiled regionally with dynamic shapes, LoRAs in slots.
+
+Built once in setup over the plain path's own modules (no second copy of the weights): each transformer gets its
+two LoRA slots first (`lora_loader.hotswap`: a compiled graph must see the slots it will run), then diffusers'
+`compile_repeated_blocks(fullgraph=True, dynamic=True)` compiles one double and one single block that every
+block of that kind reuses, for every size: minutes of compiling become seconds, and a new size, mode, LoRA,
+scale or model never recompiles (tests/test_compiled_path.py runs such a sequence with `error_on_recompile`).
+A warm-up renders each model once per named size, so no request pays the first call's compile or the kernels'
+first launch. generation/fp8_path.py builds go_fast's path the same way over fp8 transformers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import torch
+
+from lora_loader.hotswap import DEFAULT_MAX_RANK, HotswapAdapterManager
+
+from . import sizes
+from .execution import ExecutionPath
+from .logs import stage
+from .pipelines import FluxModels
+from .request import MAX_SEQUENCE_LENGTH
+
+logger = logging.getLogger(__name__)
+
+MODELS = ("dev", "schnell")
+WARMUP_STEPS = 1
+
+
+def named_sizes() -> list[tuple[int, int]]:
+    """Every (width, height) a named aspect ratio gives, at both megapixel settings."""
+    return [sizes.size_for_aspect_ratio(ratio, mp) for ratio in sizes.ASPECT_RATIOS for mp in sizes.MEGAPIXELS]
+
+
+def build_compiled_path(
+    models: FluxModels,
+    *,
+    backend: str = "inductor",
+    max_rank: int = DEFAULT_MAX_RANK,
+    warm_up_sizes: Iterable[tuple[int, int]] | None = None,
+    name: str = "compiled",
+    description: str = "bf16, compiled, LoRAs in slots",
+    lora_multiplier: float = 1.0,
+) -> ExecutionPath:
+    """Slots, compile, warm-up on `models`' transformers; the path over them. `backend` is torch.compile's
+    (tests use "eager": the guards, and so recompiles, are the same for every backend)."""
+    adapters = HotswapAdapterManager(models)
+    adapters.prepare(MODELS, max_rank=max_rank, dtype=torch.bfloat16 if name == "fp8" else None)
+    for model in MODELS:
+        models.transformer(model).compile_repeated_blocks(fullgraph=True, dynamic=True, backend=backend)
+    path = ExecutionPath(name, models, adapters, lora_multiplier, True, description)  # type: ignore[arg-type]
+    with stage(f"Warming up the {name} path"):
+        warm_up(path, named_sizes() if warm_up_sizes is None else list(warm_up_sizes))
+    return path
+
+
+@torch.inference_mode()
+def warm_up(path: ExecutionPath, sizes_to_run: list[tuple[int, int]]) -> None:
+    """Render each model once per size (latents only, WARMUP_STEPS steps): the first call compiles (dynamic
+    shapes: once for all sizes), the others launch each size's kernels once."""
+    for model in MODELS:
+        path.prepare_model(model)
+        embeddings = path.models.encode_prompt(model, "warm-up", MAX_SEQUENCE_LENGTH[model])
+        pipe = path.models.pipeline(model, "txt2img")
+        with path.running():
+            for width, height in sizes_to_run:
+                pipe(
+                    prompt_embeds=embeddings.prompt_embeds,
+                    pooled_prompt_embeds=embeddings.pooled_prompt_embeds,
+                    width=width,
+                    height=height,
+                    num_inference_steps=WARMUP_STEPS,
+                    output_type="latent",
+                )
+        logger.info("%s path: FLUX.1 [%s] warmed up at %d size(s)", path.name, model, len(sizes_to_run))

@@ -1,0 +1,70 @@
+"""The execution paths a device can run, built in setup, in the one order that works.
+
+1. The plain path over the loaded models (always).
+2. Whether to compile (`FLUX_COMPILE`: on a GPU by default; on a CPU compiling FLUX.1 takes minutes), the
+   compile cache folder (`FLUX_COMPILE_CACHE_DIR`: a restarted server loads what an earlier one compiled) and the
+   inductor settings, chosen explicitly (generation/compile_settings.py).
+3. The attention backend, measured on this device (`FLUX_ATTENTION_BACKEND` forces one), set on every
+   transformer before anything is compiled (generation/attention.py).
+4. go_fast's fp8 transformers, made on the GPU from the clean bf16 ones, before those get LoRA slots.
+5. The compiled bf16 path over the plain path's modules, then the fp8 path: slots, compile, warm-up.
+6. The compile cache saved, so the next start skips step 5's compiling.
+
+Each step's seconds are recorded (`times`: the cold/warm start split the README reports).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from lora_loader.adapters import AdapterManager
+from serverconfig import ServerConfig
+
+from . import attention, compile_settings
+from .compiled_path import MODELS, build_compiled_path
+from .execution import ExecutionPath, ExecutionPaths
+from .fp8_path import fp8_unavailable_reason, try_build_fp8_path
+from .logs import StageTimes
+from .pipelines import FluxModels
+
+logger = logging.getLogger(__name__)
+
+# One attention call of FLUX.1 at 1024x1024: 4096 image tokens + 512 T5 tokens, 24 heads of 128.
+FLUX_1MP_ATTENTION = {"seq_len": 4096 + 512, "heads": 24, "head_dim": 128, "repeats": 10}
+
+
+def plain_path(models: FluxModels) -> ExecutionPath:
+    dtype = str(models.transformer("dev").dtype).removeprefix("torch.")
+    return ExecutionPath("plain", models, AdapterManager(models), 1.0, False, f"{dtype}, uncompiled, LoRAs as adapters")
+
+
+def build_paths(models: FluxModels, config: ServerConfig, times: StageTimes) -> ExecutionPaths:
+    plain = plain_path(models)
+    fp8_reason = fp8_unavailable_reason(models.device)
+    compile_on, why = compile_settings.compile_enabled(config.compile, models.device)
+    logger.info("Compiling: %s", why)
+    if not compile_on:
+        return ExecutionPaths(plain, unavailable={"compiled": why, "fp8": fp8_reason or f"go_fast is compiled; {why}"})
+    compile_settings.configure_compile_cache(config.compile_cache_dir)
+    with times.stage("compile_cache_load", "Loading the compile cache"):
+        compile_settings.load_cache_artifacts(config.compile_cache_dir)
+    compile_settings.choose_inductor_settings()
+    with times.stage("attention", "Choosing the attention backend"):
+        dtype = models.transformer("dev").dtype
+        choice = attention.resolve_attention_backend(
+            config.attention_backend, models.device, dtype, **FLUX_1MP_ATTENTION
+        )
+        for model in MODELS:
+            attention.apply_attention_backend(models.transformer(model), choice, name=model)
+    with times.stage("compile_fp8", "Building the fp8 path"):
+        if fp8_reason is None:
+            fp8, fp8_reason = try_build_fp8_path(
+                models, configure=lambda transformer: attention.apply_attention_backend(transformer, choice, name="fp8")
+            )
+        else:
+            fp8 = None
+    with times.stage("compile_bf16", "Building the compiled bf16 path"):
+        compiled = build_compiled_path(models)
+    with times.stage("compile_cache_save", "Saving the compile cache"):
+        compile_settings.save_cache_artifacts(config.compile_cache_dir)
+    return ExecutionPaths(plain, compiled, fp8, unavailable={"fp8": fp8_reason} if fp8_reason else None)
