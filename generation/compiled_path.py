@@ -12,7 +12,7 @@ first launch. generation/fp8_path.py builds go_fast's path the same way over fp8
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -44,14 +44,16 @@ def build_compiled_path(
     name: str = "compiled",
     description: str = "bf16, compiled, LoRAs in slots",
     lora_multiplier: float = 1.0,
+    park: Callable[[str], float] | None = None,
 ) -> ExecutionPath:
     """Slots, compile, warm-up on `models`' transformers; the path over them. `backend` is torch.compile's
-    (tests use "eager": the guards, and so recompiles, are the same for every backend)."""
+    (tests use "eager": the guards, and so recompiles, are the same for every backend). `park` brings a model's
+    weights onto the GPU when the residency plan keeps them in host memory (generation/placement.py)."""
     adapters = HotswapAdapterManager(models)
     adapters.prepare(MODELS, max_rank=max_rank, dtype=torch.bfloat16 if name == "fp8" else None)
     for model in MODELS:
         models.transformer(model).compile_repeated_blocks(fullgraph=True, dynamic=True, backend=backend)
-    path = ExecutionPath(name, models, adapters, lora_multiplier, True, description)  # type: ignore[arg-type]
+    path = ExecutionPath(name, models, adapters, lora_multiplier, True, description, park)  # type: ignore[arg-type]
     with stage(f"Warming up the {name} path"):
         warm_up(path, named_sizes() if warm_up_sizes is None else list(warm_up_sizes))
     return path

@@ -34,6 +34,7 @@ from .execution import ExecutionPath
 from .logs import stage
 from .loras import GO_FAST_LORA_MULTIPLIER
 from .pipelines import FluxModels
+from .placement import WeightPlacement
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +55,18 @@ def fp8_unavailable_reason(device: torch.device, capability: tuple[int, int] | N
     return None
 
 
-def make_fp8_models(plain: FluxModels) -> FluxModels:
+def make_fp8_models(plain: FluxModels, placement: WeightPlacement | None = None) -> FluxModels:
     """dev and schnell with fp8 transformers made from `plain`'s bf16 ones where they lie, sharing everything
-    else (text encoders, VAE, schedulers) with `plain`."""
+    else (text encoders, VAE, schedulers) with `plain`. Each copy is handed to `placement` as soon as it is made,
+    so one the plan keeps in host memory leaves the GPU before the next is made."""
+    transformers = {}
     with stage("Making the fp8 transformers"):
-        transformers = {model: fp8_transformer(plain.transformer(model)) for model in MODELS}
+        for model in MODELS:
+            if placement is not None:
+                placement.ensure(model, "bf16")  # its bf16 weights on the GPU: the copy is made there
+            transformers[model] = fp8_transformer(plain.transformer(model))
+            if placement is not None:
+                placement.register(model, "fp8", transformers[model])
     compile_settings.reassert_inductor_settings()  # in case a quantize_ elsewhere changed them for the process
     pipelines = [_with_transformer(plain.pipeline(model, "txt2img"), transformers[model]) for model in MODELS]
     return FluxModels(*pipelines, plain.device)
@@ -81,7 +89,11 @@ def fp8_transformer(bf16: FluxTransformer2DModel) -> FluxTransformer2DModel:
 
 
 def try_build_fp8_path(
-    plain: FluxModels, *, configure: Callable[[FluxTransformer2DModel], None] | None = None, backend: str = "inductor"
+    plain: FluxModels,
+    *,
+    configure: Callable[[FluxTransformer2DModel], None] | None = None,
+    backend: str = "inductor",
+    placement: WeightPlacement | None = None,
 ) -> tuple[ExecutionPath | None, str | None]:
     """The fp8 path when this GPU can run it; otherwise (or if building it fails) None and the reason, which
     every go_fast request then logs. A broken optional path must not take the server down. `configure` is
@@ -91,11 +103,12 @@ def try_build_fp8_path(
         logger.info("go_fast: %s; go_fast requests will run the default path", reason)
         return None, reason
     try:
-        fp8_models = make_fp8_models(plain)
+        fp8_models = make_fp8_models(plain, placement)
         for model in MODELS:
             if configure is not None:
                 configure(fp8_models.transformer(model))
-        return build_fp8_path(fp8_models, backend=backend), None
+        park = None if placement is None else (lambda model: placement.ensure(model, "fp8"))
+        return build_fp8_path(fp8_models, backend=backend, park=park), None
     except Exception as error:  # noqa: BLE001 - any failure of an optional path falls back, with its traceback
         logger.exception("go_fast: building the fp8 path failed; go_fast requests will run the default path")
         reason = f"the fp8 path could not be built at setup ({error.__class__.__name__}: {error})"
@@ -103,7 +116,9 @@ def try_build_fp8_path(
     return None, reason
 
 
-def build_fp8_path(fp8_models: FluxModels, *, backend: str = "inductor", warm_up_sizes=None) -> ExecutionPath:
+def build_fp8_path(
+    fp8_models: FluxModels, *, backend: str = "inductor", warm_up_sizes=None, park=None
+) -> ExecutionPath:
     return build_compiled_path(
         fp8_models,
         backend=backend,
@@ -111,6 +126,7 @@ def build_fp8_path(fp8_models: FluxModels, *, backend: str = "inductor", warm_up
         name="fp8",
         description=DESCRIPTION,
         lora_multiplier=GO_FAST_LORA_MULTIPLIER,
+        park=park,
     )
 
 

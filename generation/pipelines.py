@@ -9,7 +9,7 @@ transformer is seen by all three modes of that model.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +55,16 @@ class FluxModels:
                 self._pipelines[(model, mode)] = view
 
     @classmethod
-    def load(cls, dev_dir: Path, schnell_dir: Path, device: torch.device, dtype: torch.dtype) -> FluxModels:
+    def load(
+        cls,
+        dev_dir: Path,
+        schnell_dir: Path,
+        device: torch.device,
+        dtype: torch.dtype,
+        transformers_on_host: Collection[str] = (),
+    ) -> FluxModels:
+        """Both models on `device`, except the transformers named in `transformers_on_host`, which stay in host
+        memory for generation/placement.py to park (a 48 GB card cannot hold both bf16 transformers)."""
         dev = FluxPipeline.from_pretrained(dev_dir, dtype=dtype, local_files_only=True)
         schnell = FluxPipeline(
             scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(schnell_dir, subfolder="scheduler"),
@@ -69,8 +78,11 @@ class FluxModels:
             tokenizer_2=dev.tokenizer_2,
         )
         if device.type != "cpu":  # from_pretrained already put them on the CPU
-            dev.to(device)
-            schnell.to(device)
+            for model, pipe in (("dev", dev), ("schnell", schnell)):
+                for name, component in pipe.components.items():
+                    stays = name == "transformer" and model in transformers_on_host
+                    if isinstance(component, torch.nn.Module) and not stays:
+                        component.to(device)
         return cls(dev, schnell, device)
 
     def pipeline(self, model: str, mode: Mode) -> FluxPipeline:

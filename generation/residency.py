@@ -539,7 +539,9 @@ class ParkedModule:
             return Transfer(0, 0.0)
         start, copied, moves = time.perf_counter(), 0, []
         for key, _, owner, attribute in self._places():
-            host = self._host[key]
+            # A tensor added while parked (the compiled path's LoRA slots are made where the weights are) lives
+            # in host memory already: it is its own host copy from now on.
+            host = self._host.setdefault(key, _get(owner, attribute))
             moves.append((owner, attribute, host.to(self.device, non_blocking=True, copy=True)))
             copied += host.numel() * host.element_size()
         _synchronize(self.device)

@@ -25,10 +25,12 @@ from weights.layout import FLUX_DEV, FLUX_SCHNELL, NSFW_CLASSIFIER, SAFETY_CHECK
 from . import execution, images
 from .cancel import CancelFlag
 from .errors import UserInputError
+from .fp8_path import fp8_unavailable_reason
 from .logs import StageTimes, stage, step_logger
 from .loras import FetchedLoras, LoraStage
 from .outputs import OutputFolders
 from .pipelines import FluxModels
+from .placement import WeightPlacement
 from .request import GenerationPlan, GenerationRequest, plan
 from .result import GenerationResult
 from .safety import ALL_FLAGGED_MESSAGE, SafetyChecker
@@ -68,15 +70,20 @@ class GenerationService:
         with stage("Setup"):
             with times.stage("weights_find", "Finding base weights"):
                 folders = ensure_weights(config)
+            with times.stage("residency", "Planning GPU memory"):
+                placement = WeightPlacement.for_device(
+                    settings.weights_dir, settings.device, fp8_wanted=fp8_unavailable_reason(settings.device) is None
+                )
             with times.stage("weights_load", "Loading FLUX.1 [dev] and [schnell]"):
+                on_host = [model for model in ("dev", "schnell") if placement.on_host(model, "bf16")]
                 models = FluxModels.load(
-                    folders[FLUX_DEV.name], folders[FLUX_SCHNELL.name], settings.device, settings.dtype
+                    folders[FLUX_DEV.name], folders[FLUX_SCHNELL.name], settings.device, settings.dtype, on_host
                 )
             with times.stage("safety_load", "Loading the safety checkers"):
                 safety = SafetyChecker(
                     folders[SAFETY_CHECKER.name], folders[NSFW_CLASSIFIER.name], settings.device, settings.dtype
                 )
-            paths = build_paths(models, config, times)
+            paths = build_paths(models, config, times, placement)
         return cls(settings, safety, LoraStage(fetcher, paths), times.seconds)
 
     def generate(self, request: GenerationRequest, cancel: CancelFlag | None = None) -> GenerationResult:

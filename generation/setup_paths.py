@@ -26,6 +26,7 @@ from .execution import ExecutionPath, ExecutionPaths
 from .fp8_path import fp8_unavailable_reason, try_build_fp8_path
 from .logs import StageTimes
 from .pipelines import FluxModels
+from .placement import WeightPlacement
 
 logger = logging.getLogger(__name__)
 
@@ -33,14 +34,25 @@ logger = logging.getLogger(__name__)
 FLUX_1MP_ATTENTION = {"seq_len": 4096 + 512, "heads": 24, "head_dim": 128, "repeats": 10}
 
 
-def plain_path(models: FluxModels) -> ExecutionPath:
+def plain_path(models: FluxModels, placement: WeightPlacement | None = None) -> ExecutionPath:
     dtype = str(models.transformer("dev").dtype).removeprefix("torch.")
-    return ExecutionPath("plain", models, AdapterManager(models), 1.0, False, f"{dtype}, uncompiled, LoRAs as adapters")
+    park = _parker(placement, "bf16")
+    description = f"{dtype}, uncompiled, LoRAs as adapters"
+    return ExecutionPath("plain", models, AdapterManager(models), 1.0, False, description, park)
 
 
-def build_paths(models: FluxModels, config: ServerConfig, times: StageTimes) -> ExecutionPaths:
-    plain = plain_path(models)
-    fp8_reason = fp8_unavailable_reason(models.device)
+def _parker(placement: WeightPlacement | None, precision: str):
+    return None if placement is None else (lambda model: placement.ensure(model, precision))
+
+
+def build_paths(
+    models: FluxModels, config: ServerConfig, times: StageTimes, placement: WeightPlacement | None = None
+) -> ExecutionPaths:
+    if placement is not None:
+        for model in MODELS:
+            placement.register(model, "bf16", models.transformer(model))
+    plain = plain_path(models, placement)
+    fp8_reason = fp8_unavailable_reason(models.device) or (placement and placement.fp8_reason)
     compile_on, why = compile_settings.compile_enabled(config.compile, models.device)
     logger.info("Compiling: %s", why)
     if not compile_on:
@@ -59,12 +71,14 @@ def build_paths(models: FluxModels, config: ServerConfig, times: StageTimes) -> 
     with times.stage("compile_fp8", "Building the fp8 path"):
         if fp8_reason is None:
             fp8, fp8_reason = try_build_fp8_path(
-                models, configure=lambda transformer: attention.apply_attention_backend(transformer, choice, name="fp8")
+                models,
+                configure=lambda transformer: attention.apply_attention_backend(transformer, choice, name="fp8"),
+                placement=placement,
             )
         else:
             fp8 = None
     with times.stage("compile_bf16", "Building the compiled bf16 path"):
-        compiled = build_compiled_path(models)
+        compiled = build_compiled_path(models, park=_parker(placement, "bf16"))
     with times.stage("compile_cache_save", "Saving the compile cache"):
         compile_settings.save_cache_artifacts(config.compile_cache_dir)
     return ExecutionPaths(plain, compiled, fp8, unavailable={"fp8": fp8_reason} if fp8_reason else None)
