@@ -1,5 +1,6 @@
-"""Request -> images: sizes, seeds, pipelines (dev/schnell x txt2img/img2img/inpaint), the precision
-path, safety checking and output files. Never imports cog or predict.py."""
+"""Request -> images: sizes, seeds, pipelines (dev/schnell x txt2img/img2img/inpaint), the execution paths
+(plain, compiled bf16, fp8) with their setup and residency plan, safety checking and output files. Never imports
+cog or predict.py."""
 
 import logging
 

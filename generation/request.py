@@ -1,4 +1,4 @@
-"""What a prediction asks for, and the plan it resolves to (mode, size, seed, steps, precision).
+"""What a prediction asks for, and the plan it resolves to (mode, size, seed, steps, strength).
 
 All input rules of docs/DESIGN.md ("Behaviour rules") that need no model live here, testable without one.
 """

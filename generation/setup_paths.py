@@ -30,8 +30,10 @@ from .placement import WeightPlacement
 
 logger = logging.getLogger(__name__)
 
-# One attention call of FLUX.1 at 1024x1024: 4096 image tokens + 512 T5 tokens, 24 heads of 128.
+# One attention call of FLUX.1 at 1024x1024: 4096 image tokens + 512 T5 tokens, 24 heads of 128. On a CPU (only
+# with FLUX_COMPILE=on) a call that size takes seconds per backend, so a short sequence stands in there.
 FLUX_1MP_ATTENTION = {"seq_len": 4096 + 512, "heads": 24, "head_dim": 128, "repeats": 10}
+CPU_ATTENTION = {"seq_len": 256, "heads": 24, "head_dim": 128, "repeats": 3}
 
 
 def plain_path(models: FluxModels, placement: WeightPlacement | None = None) -> ExecutionPath:
@@ -63,9 +65,8 @@ def build_paths(
     compile_settings.choose_inductor_settings()
     with times.stage("attention", "Choosing the attention backend"):
         dtype = models.transformer("dev").dtype
-        choice = attention.resolve_attention_backend(
-            config.attention_backend, models.device, dtype, **FLUX_1MP_ATTENTION
-        )
+        shape = FLUX_1MP_ATTENTION if models.device.type == "cuda" else CPU_ATTENTION
+        choice = attention.resolve_attention_backend(config.attention_backend, models.device, dtype, **shape)
         for model in MODELS:
             attention.apply_attention_backend(models.transformer(model), choice, name=model)
     with times.stage("compile_fp8", "Building the fp8 path"):
