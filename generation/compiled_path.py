@@ -12,6 +12,7 @@ first launch. generation/fp8_path.py builds go_fast's path the same way over fp8
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 
 import torch
@@ -55,20 +56,23 @@ def build_compiled_path(
         models.transformer(model).compile_repeated_blocks(fullgraph=True, dynamic=True, backend=backend)
     path = ExecutionPath(name, models, adapters, lora_multiplier, True, description, park)  # type: ignore[arg-type]
     with stage(f"Warming up the {name} path"):
-        warm_up(path, named_sizes() if warm_up_sizes is None else list(warm_up_sizes))
+        path.setup_seconds.update(warm_up(path, named_sizes() if warm_up_sizes is None else list(warm_up_sizes)))
     return path
 
 
 @torch.inference_mode()
-def warm_up(path: ExecutionPath, sizes_to_run: list[tuple[int, int]]) -> None:
+def warm_up(path: ExecutionPath, sizes_to_run: list[tuple[int, int]]) -> dict[str, float]:
     """Render each model once per size (latents only, WARMUP_STEPS steps): the first call compiles (dynamic
-    shapes: once for all sizes), the others launch each size's kernels once."""
+    shapes: once for all sizes), the others launch each size's kernels once. Returns the seconds of the first
+    calls (compiling, or loading compiled code from the cache) and of the other sizes, summed over the models."""
+    seconds = {"first_call": 0.0, "other_sizes": 0.0}
     for model in MODELS:
         path.prepare_model(model)
         embeddings = path.models.encode_prompt(model, "warm-up", MAX_SEQUENCE_LENGTH[model])
         pipe = path.models.pipeline(model, "txt2img")
         with path.running():
-            for width, height in sizes_to_run:
+            for index, (width, height) in enumerate(sizes_to_run):
+                start = time.perf_counter()
                 pipe(
                     prompt_embeds=embeddings.prompt_embeds,
                     pooled_prompt_embeds=embeddings.pooled_prompt_embeds,
@@ -77,4 +81,6 @@ def warm_up(path: ExecutionPath, sizes_to_run: list[tuple[int, int]]) -> None:
                     num_inference_steps=WARMUP_STEPS,
                     output_type="latent",
                 )
+                seconds["first_call" if index == 0 else "other_sizes"] += time.perf_counter() - start
         logger.info("%s path: FLUX.1 [%s] warmed up at %d size(s)", path.name, model, len(sizes_to_run))
+    return seconds

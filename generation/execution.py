@@ -65,6 +65,7 @@ class ExecutionPath:
     compiled: bool  # its transformers' blocks are compiled (else they must run with compiled code off)
     description: str  # what it is, for logs and results: "bf16, compiled, LoRAs in slots"
     park: Callable[[str], float] | None = field(default=None, repr=False)  # see `prepare_model`
+    setup_seconds: dict[str, float] = field(default_factory=dict)  # building it: "first_call", "other_sizes"
 
     @contextlib.contextmanager
     def running(self, eager: bool = False) -> Iterator[None]:

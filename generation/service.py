@@ -1,12 +1,13 @@
 """The prediction service: loads everything once, then turns requests into image files.
 
 setup() cost is paid here once per process: base weights found (or downloaded), GPU memory planned, both models
-and the safety models loaded, the execution paths built (compiled and warmed up on a GPU). A request then runs in two parts: `prepare` reads and checks its inputs, resolves its
-plan and fetches its LoRA files, touching no model, so the server runs it beside another request's GPU work;
-`render` picks its execution path, attaches the LoRAs, denoises each output with its own seed, checks safety and writes the files, one
-request at a time (generation/gpu_queue.py queues them; `generate` runs both parts in the caller's thread).
-Each stage's time is logged for people, and the files come back with what was done (`GenerationResult`) for
-scripts, tests and metrics.
+and the safety models loaded, the execution paths built (compiled and warmed up on a GPU). A request then runs in
+two parts: `prepare` reads and checks its inputs, resolves its plan and fetches its LoRA files, touching no model,
+so the server runs it beside another request's GPU work; `render` picks its execution path, attaches the LoRAs,
+denoises each output with its own seed, checks safety and writes the files, one request at a time
+(generation/gpu_queue.py queues them; `generate` runs both parts in the caller's thread). Each stage's time is
+logged for people, and the files come back with what was done (`GenerationResult`) for scripts, tests and
+metrics.
 """
 
 from __future__ import annotations

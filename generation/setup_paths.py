@@ -69,17 +69,19 @@ def build_paths(
         choice = attention.resolve_attention_backend(config.attention_backend, models.device, dtype, **shape)
         for model in MODELS:
             attention.apply_attention_backend(models.transformer(model), choice, name=model)
-    with times.stage("compile_fp8", "Building the fp8 path"):
-        if fp8_reason is None:
+    fp8 = None
+    if fp8_reason is None:
+        with times.stage("compile_fp8", "Building the fp8 path"):
             fp8, fp8_reason = try_build_fp8_path(
                 models,
                 configure=lambda transformer: attention.apply_attention_backend(transformer, choice, name="fp8"),
                 placement=placement,
             )
-        else:
-            fp8 = None
     with times.stage("compile_bf16", "Building the compiled bf16 path"):
         compiled = build_compiled_path(models, park=_parker(placement, "bf16"))
+    for path in (fp8, compiled):
+        for key, seconds in path.setup_seconds.items() if path else ():
+            times.add(f"{path.name}_{key}", seconds)  # of which: compiling (first calls) and the other sizes
     with times.stage("compile_cache_save", "Saving the compile cache"):
         compile_settings.save_cache_artifacts(config.compile_cache_dir)
     return ExecutionPaths(plain, compiled, fp8, unavailable={"fp8": fp8_reason} if fp8_reason else None)
