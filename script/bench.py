@@ -2,8 +2,8 @@
 
     script/bench lora              attach / re-scale / swap LoRAs vs a cold load (CPU is fine)
     script/bench lora --tiny       the same on the tiny test model, in seconds (CI keeps it working)
-    script/bench generation        per image / per step: diffusers vs ours bf16 vs go_fast (a GPU; see
-                                   script/bench_generation.py); --tiny runs it on CPU in seconds
+    script/bench generation        per image / per step: diffusers vs ours bf16 vs go_fast (a GPU; runs
+                                   script/gpu_check.py's phases); --tiny runs them on CPU (a minute or two)
 
 `lora` builds a FLUX transformer with the real block count (19 double + 38 single blocks, so the same
 ~500 LoRA-carrying layers as FLUX.1) at a reduced width (768 instead of 3072; ~0.74 B parameters in
@@ -50,7 +50,7 @@ def main(argv: list[str]) -> int:
     lora.add_argument("--repeats", type=int, default=5)
     lora.add_argument("--json", type=Path, help="also write the results here")
     generation = commands.add_parser("generation", help="seconds per image/step: diffusers vs bf16 vs go_fast")
-    generation.add_argument("--tiny", action="store_true", help="tiny test models on CPU (seconds, for CI)")
+    generation.add_argument("--tiny", action="store_true", help="tiny test models on CPU (gpu-check --dry)")
     generation.add_argument("--repeats", type=int, default=3)
     generation.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
