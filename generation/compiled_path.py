@@ -61,12 +61,14 @@ def build_compiled_path(
 
 
 @torch.inference_mode()
-def warm_up(path: ExecutionPath, sizes_to_run: list[tuple[int, int]]) -> dict[str, float]:
+def warm_up(
+    path: ExecutionPath, sizes_to_run: list[tuple[int, int]], models: Iterable[str] = MODELS
+) -> dict[str, float]:
     """Render each model once per size (latents only, WARMUP_STEPS steps): the first call compiles (dynamic
     shapes: once for all sizes), the others launch each size's kernels once. Returns the seconds of the first
     calls (compiling, or loading compiled code from the cache) and of the other sizes, summed over the models."""
     seconds = {"first_call": 0.0, "other_sizes": 0.0}
-    for model in MODELS:
+    for model in models:
         path.prepare_model(model)
         embeddings = path.models.encode_prompt(model, "warm-up", MAX_SEQUENCE_LENGTH[model])
         pipe = path.models.pipeline(model, "txt2img")

@@ -8,7 +8,7 @@ Usage (README-ready):
 On a machine with torch but without diffusers / peft / torchao / transformers 5.23 / huggingface_hub 2 / httpx2
 (an H200 image with torch 2.11 and no network), the wrapper first installs the wheels it brings along, from
 `--wheels DIR` or `$GPU_CHECK_WHEELS` (default `./wheels`). Prepare that folder on a machine with pip access
-(the wheels are NOT committed; `wheels/` is for `.git/info/exclude`):
+(the wheels are NOT committed; `wheels/` is ignored by git and Docker):
 
     python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d wheels \\
