@@ -26,7 +26,9 @@ TOOL_OUTPUTS = [  # written by python, pytest, ruff and script/predict (outputs 
 
 def script_folders() -> list[str]:
     """Every `$repo/<name>` the shell scripts use that git does not track: what they generate."""
-    text = "\n".join(p.read_text() for p in (REPO_ROOT / "script").rglob("*") if p.is_file() and p.suffix != ".py")
+    tracked_scripts = subprocess.run(["git", "ls-files", "script"], cwd=REPO_ROOT, capture_output=True, text=True)
+    shell = [REPO_ROOT / name for name in tracked_scripts.stdout.splitlines() if not name.endswith(".py")]
+    text = "\n".join(path.read_text() for path in shell)  # tracked files only: never a __pycache__ left by a run
     names = sorted(set(re.findall(r"\$repo/([A-Za-z0-9_.-]+)", text)))
     tracked = subprocess.run(["git", "ls-files", *names], cwd=REPO_ROOT, capture_output=True, text=True).stdout
     tracked_tops = {line.split("/")[0] for line in tracked.splitlines()}
