@@ -11,6 +11,7 @@ import pytest
 
 from generation.service import GenerationService
 from serverconfig import ServerConfig
+from testkit.cog_server import CogServer
 from testkit.fakes.lora_servers import FakeCivitai, FakeReplicate, FakeServer
 from testkit.lora_sites import LoraSites
 from testkit.tiny_weights import write_tiny_weights
@@ -56,6 +57,15 @@ def tiny_env(tiny_weights, tmp_path_factory) -> dict[str, str]:
     env.update(WEIGHTS_DIR=str(tiny_weights), FLUX_DEVICE="cpu", FLUX_DTYPE="float32", HF_HUB_OFFLINE="1")
     env.update(LORA_CACHE_DIR=str(tmp_path_factory.mktemp("server-lora-cache")), LORA_ALLOW_PRIVATE_URLS="1")
     return env
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_env, tmp_path_factory) -> Iterator[CogServer]:
+    """The real Cog server on the tiny weights with nothing else configured, started once for the modules that
+    need no other settings (test_http_server, test_script_predict): each start costs seconds of imports."""
+    running = CogServer(tiny_env, log_path=tmp_path_factory.mktemp("tiny-server") / "cog-server.log").start()
+    yield running
+    running.stop()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import httpx2
 import pytest
 from PIL import Image
 
-from testkit.cog_server import CogServer, Webhooks
+from testkit.cog_server import Webhooks
 from testkit.fakes.lora_servers import FakeServer
 from testkit.helpers import digest
 from testkit.lora_sites import tiny_lora_bytes, tiny_lora_shapes
@@ -23,11 +23,8 @@ LIBRARY_NOISE = re.compile(r"Warning|deprecat|\.py:\d+|Failed to load|Enum subcl
 
 
 @pytest.fixture(scope="module")
-def server(tiny_env, tmp_path_factory):
-    log = tmp_path_factory.mktemp("server") / "cog-server.log"
-    running = CogServer(tiny_env, log_path=log).start()
-    yield running
-    running.stop()
+def server(tiny_server):
+    return tiny_server
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import sys
 import pytest
 from PIL import Image
 
-from testkit.cog_server import REPO_ROOT, CogServer, free_port
+from testkit.cog_server import REPO_ROOT, free_port
 from testkit.lora_sites import tiny_lora_bytes, tiny_lora_shapes
 
 
@@ -28,10 +28,8 @@ def assert_one_error_line(result: subprocess.CompletedProcess, message: str) -> 
 
 
 @pytest.fixture(scope="module")
-def server(tiny_env, tmp_path_factory):
-    running = CogServer(tiny_env, log_path=tmp_path_factory.mktemp("predict-server") / "server.log").start()
-    yield running
-    running.stop()
+def server(tiny_server):
+    return tiny_server
 
 
 def test_the_quick_start_command_writes_outputs_to_the_current_folder_and_nothing_in_tmpdir(
