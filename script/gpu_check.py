@@ -106,22 +106,6 @@ LORA_SWAP_TARGET = 1.0
 SPEEDUP_TARGET = 1.7
 TEXT_TOKENS = {"dev": 512, "schnell": 256}
 
-FLUX_VAE = dict(  # FLUX.1's VAE (black-forest-labs/FLUX.1-dev vae/config.json)
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2,
-    latent_channels=16,
-    norm_num_groups=32,
-    sample_size=1024,
-    scaling_factor=0.3611,
-    shift_factor=0.1159,
-    use_quant_conv=False,
-    use_post_quant_conv=False,
-)
-
 
 @dataclass(frozen=True)
 class Scale:
@@ -286,7 +270,7 @@ def phase_build(ctx: Context) -> dict:
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     from generation.pipelines import FluxModels
-    from testkit.flux1_models import CLIP_L, FLUX1_DEV_TRANSFORMER, T5_XXL
+    from testkit.flux1_models import CLIP_L, FLUX1_DEV_TRANSFORMER, FLUX1_VAE, T5_XXL
     from testkit.tiny_weights import write_tiny_weights
     from weights.layout import FLUX_DEV, FLUX_SCHNELL
 
@@ -302,7 +286,12 @@ def phase_build(ctx: Context) -> dict:
         vae = dict(_vae_config(dev_dir / "vae"))
         what = "tiny test configs (testkit/tiny_weights.py), random weights, CPU, bf16"
     else:
-        transformer, clip, t5, vae = dict(FLUX1_DEV_TRANSFORMER), CLIPTextConfig(**CLIP_L), T5Config(**T5_XXL), FLUX_VAE
+        transformer, clip, t5, vae = (
+            dict(FLUX1_DEV_TRANSFORMER),
+            CLIPTextConfig(**CLIP_L),
+            T5Config(**T5_XXL),
+            FLUX1_VAE,
+        )
         what = (
             "FLUX.1 [dev]/[schnell] transformers, T5-XXL, CLIP-L and the FLUX VAE at their real configs, random "
             "weights, built on the GPU in bf16"

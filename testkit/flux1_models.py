@@ -1,4 +1,5 @@
-"""FLUX.1 [dev] at its real shapes, in no memory: the transformer, CLIP-L and T5-XXL for LoRA format tests.
+"""FLUX.1 [dev] at its real shapes, in no memory: the transformer, CLIP-L and T5-XXL for LoRA format tests (and the
+VAE's config, for the GPU check and the byte counts).
 
 The configs are those of the public `black-forest-labs/FLUX.1-dev` repository (`transformer/`, `text_encoder/`,
 `text_encoder_2/` config.json). The models are built on the meta device, then every parameter becomes a CPU
@@ -49,6 +50,22 @@ T5_XXL = {
     "feed_forward_proj": "gated-gelu",
     "relative_attention_num_buckets": 32,
     "dropout_rate": 0.0,
+}
+
+FLUX1_VAE = {  # black-forest-labs/FLUX.1-dev vae/config.json
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 16,
+    "block_out_channels": (128, 256, 512, 512),
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "sample_size": 1024,
+    "scaling_factor": 0.3611,
+    "shift_factor": 0.1159,
+    "use_quant_conv": False,
+    "use_post_quant_conv": False,
 }
 
 

@@ -73,6 +73,7 @@ from transformers import (
     ViTForImageClassification,
 )
 
+from testkit.flux1_models import FLUX1_VAE
 from weights.layout import FLUX_DEV, FLUX_SCHNELL, NSFW_CLASSIFIER, SAFETY_CHECKER
 
 logger = logging.getLogger(__name__)
@@ -235,21 +236,9 @@ def _flux_transformer(guidance_embeds: bool) -> FluxTransformer2DModel:
 
 
 def _vae() -> AutoencoderKL:
-    # Four blocks give the real vae_scale_factor of 8; scaling and shift factors are FLUX's.
+    # FLUX's VAE narrowed: four blocks keep the real vae_scale_factor of 8, and its scaling and shift factors.
     vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1,
-        latent_channels=16,
-        norm_num_groups=4,
-        sample_size=1024,
-        scaling_factor=0.3611,
-        shift_factor=0.1159,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
+        **{**FLUX1_VAE, "block_out_channels": (8, 8, 8, 8), "layers_per_block": 1, "norm_num_groups": 4}
     )
     # A trained VAE's posterior is nearly a point (tiny log-variance); random weights would make every
     # encode a wide random sample, so img2img/inpainting outputs would be noise whatever the mask said.

@@ -41,23 +41,10 @@ from generation.residency import (
     slot_pair_bytes,
     switch_line,
 )
-from testkit.flux1_models import CLIP_L, FLUX1_DEV_TRANSFORMER, T5_XXL
+from testkit.flux1_models import CLIP_L, FLUX1_DEV_TRANSFORMER, FLUX1_VAE, T5_XXL
 
-# The public configs of the small models (black-forest-labs/FLUX.1-dev vae/config.json, CompVis/stable-diffusion-
-# safety-checker and Falconsai/nsfw_image_detection config.json; ViTConfig's defaults are ViT-base's).
-FLUX1_VAE = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "latent_channels": 16,
-    "block_out_channels": (128, 256, 512, 512),
-    "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4,
-    "layers_per_block": 2,
-    "norm_num_groups": 32,
-    "sample_size": 1024,
-    "use_quant_conv": False,
-    "use_post_quant_conv": False,
-}
+# The public configs of the safety models (CompVis/stable-diffusion-safety-checker and
+# Falconsai/nsfw_image_detection config.json; ViTConfig's defaults are ViT-base's); the VAE's is in testkit.
 SAFETY_CHECKER_VISION = {  # CLIP ViT-L/14
     "hidden_size": 1024,
     "intermediate_size": 4096,
