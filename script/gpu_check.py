@@ -463,21 +463,23 @@ def phase_fp8_copies(ctx: Context) -> dict:
 def phase_bf16_path(ctx: Context) -> dict:
     from generation.compiled_path import build_compiled_path
 
-    path, split = _build_split(
-        ctx, lambda sizes: build_compiled_path(ctx.state["models"], backend=ctx.scale.backend, warm_up_sizes=sizes)
-    )
-    ctx.state["bf16_path"] = path
-    _make_service(ctx)
-    return split
+    return _path_phase(ctx, "bf16_path", lambda sizes: build_compiled_path(ctx.state["models"], **_options(ctx, sizes)))
 
 
 def phase_fp8_path(ctx: Context) -> dict:
     from generation.fp8_path import build_fp8_path
 
-    path, split = _build_split(
-        ctx, lambda sizes: build_fp8_path(ctx.state["fp8_models"], backend=ctx.scale.backend, warm_up_sizes=sizes)
-    )
-    ctx.state["fp8_path"] = path
+    return _path_phase(ctx, "fp8_path", lambda sizes: build_fp8_path(ctx.state["fp8_models"], **_options(ctx, sizes)))
+
+
+def _options(ctx: Context, sizes: list[tuple[int, int]]) -> dict:
+    return {"backend": ctx.scale.backend, "warm_up_sizes": sizes}
+
+
+def _path_phase(ctx: Context, key: str, build) -> dict:
+    """Build one execution path (its setup split is the phase's result) and the service over what is built."""
+    path, split = _build_split(ctx, build)
+    ctx.state[key] = path
     _make_service(ctx)
     return split
 
