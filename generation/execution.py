@@ -10,7 +10,7 @@ multiplier, whether its transformers run compiled, and what it is in words):
   up in setup (generation/compiled_path.py), LoRAs copied into two fixed slots (`lora_loader.hotswap`). The
   default path on a GPU. Sharing the modules costs no memory; the plain path runs them with
   `torch.compiler.set_stance("force_eager")`, so the compiled graphs are neither used nor invalidated by its
-  adapters (the slots are re-armed when the compiled path runs again, docs/DESIGN.md "Execution paths").
+  adapters; `running()` re-arms the slots whenever compiled code is entered (docs/DESIGN.md "Execution paths").
 - `fp8`: go_fast. fp8 copies of the transformers made on the GPU from the resident bf16 weights, compiled the
   same way, with their own slots (generation/fp8_path.py).
 
@@ -55,6 +55,8 @@ class LoraAdapters(Protocol):
 
     def empty(self) -> None: ...
 
+    def arm(self) -> None: ...
+
 
 @dataclass
 class ExecutionPath:
@@ -72,6 +74,7 @@ class ExecutionPath:
         """Run this path's models: compiled code on or off. The plain path always turns it off: its modules
         may be the compiled path's, whose graphs must neither run its adapters nor be replaced for them."""
         if self.compiled and not eager:
+            self.adapters.arm()  # the slots as the graphs saw them, whatever ran on these modules since
             yield
             return
         with torch.compiler.set_stance("force_eager"):

@@ -113,6 +113,9 @@ class AdapterManager:
             self._ensure_attached(model, spec, spec.scale * multiplier)
         self._set_scales(model, wanted, multiplier)
 
+    def arm(self) -> None:
+        """Nothing to do: plain adapters run uncompiled (the compiled path's slots are `HotswapAdapterManager.arm`)."""
+
     def empty(self) -> None:
         """No adapter on any model: what the server does when a request runs on another execution path."""
         for lora in list(self._resident.values()):

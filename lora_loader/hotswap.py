@@ -131,7 +131,7 @@ class HotswapAdapterManager:
         """Make `model` run with exactly these LoRAs at scale × multiplier. Raises NotHotswappable (or LoraError
         for a broken file) before changing anything if one of them cannot be swapped in."""
         prepared = self._slots_of(model)
-        _rearm(prepared)
+        _rearm(prepared)  # before the scales are written: peft's set_adapter would not touch them, but be sure
         wanted = _dedupe(main, extra)
         placement = _place(prepared.slots, wanted)
         new = {name: spec for name, spec in placement.items() if prepared.slots[name].key != spec.key}
@@ -206,6 +206,12 @@ class HotswapAdapterManager:
     def empty(self) -> None:
         """Every slot of every model back to zeros at scale 0: no LoRA resident (the graphs are unchanged)."""
         self._empty_others(None)
+
+    def arm(self) -> None:
+        """Both slots of every prepared model active with the weights' requires_grad as at compile time (see
+        `_rearm`); cheap when they already are. Called whenever compiled code is about to run."""
+        for prepared in self._prepared.values():
+            _rearm(prepared)
 
     def _empty_others(self, model: str | None) -> None:
         """Only the requested model carries LoRAs; the others' slots go back to zeros at scale 0."""

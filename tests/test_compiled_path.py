@@ -105,6 +105,8 @@ def requests(urls, folder) -> list[tuple[dict, str]]:
         ({"main_lora": a, "extra_lora": b, "megapixels": "0.25"}, "compiled"),
         ({"main_lora": LoraChoice(urls["X"], 0.9), "model": "schnell", "megapixels": "0.25"}, "compiled"),
         ({"main_lora": te, "megapixels": "0.25"}, "plain"),
+        ({"model": "schnell", "megapixels": "0.25"}, "compiled"),  # empties the plain adapters off dev
+        ({"megapixels": "0.25"}, "compiled"),  # dev, no LoRA anywhere: its slots must be armed again all the same
         ({"main_lora": b, "go_fast": True, "megapixels": "0.25"}, "compiled"),
         ({"image": input_image(folder, (8, 8)), "main_lora": a, "prompt_strength": 1.0}, "compiled+eager"),
         ({"megapixels": "0.25"}, "compiled"),

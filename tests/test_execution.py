@@ -32,8 +32,22 @@ def test_missing_torchao_is_a_reason(monkeypatch):
     assert "torchao" in fp8_unavailable_reason(torch.device("cuda"), capability=(9, 0))
 
 
+class NoAdapters:
+    """A path's adapter manager for routing tests, which attach nothing; counts how often its slots were armed."""
+
+    resident = ()
+    armed = 0
+
+    def apply(self, model, main, extra, *, multiplier=1.0) -> None: ...
+
+    def empty(self) -> None: ...
+
+    def arm(self) -> None:
+        self.armed += 1
+
+
 def path(name: str, compiled: bool) -> ExecutionPath:
-    return ExecutionPath(name, None, None, 1.0, compiled, f"the {name} path")  # type: ignore[arg-type]
+    return ExecutionPath(name, None, NoAdapters(), 1.0, compiled, f"the {name} path")  # type: ignore[arg-type]
 
 
 PLAIN, COMPILED, FP8 = path("plain", False), path("compiled", True), path("fp8", True)
@@ -121,6 +135,8 @@ def test_the_plain_path_runs_with_compiled_code_off():
 
     for candidate, eager, compiled in ((PLAIN, False, False), (COMPILED, False, True), (COMPILED, True, False)):
         calls.clear()
+        armed = candidate.adapters.armed
         with candidate.running(eager):
             double(torch.ones(2))
         assert calls == [compiled]
+        assert candidate.adapters.armed == armed + compiled, "slots armed whenever compiled code runs"
