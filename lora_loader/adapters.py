@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -242,7 +243,11 @@ def attach(pipe: FluxPipeline, converted: ConvertedLora, adapter: str) -> tuple[
 def detach(pipe: FluxPipeline, adapter: str) -> None:
     """`adapter` off the transformer and both text encoders (each a no-op where it is absent)."""
     if adapter in (getattr(pipe.transformer, "peft_config", None) or {}):
-        pipe.transformer.delete_adapters([adapter])
+        with warnings.catch_warnings():
+            # With the compiled path's slots on the same modules, peft says which adapter it activates instead;
+            # the compiled path re-arms its own before it runs (lora_loader/hotswap.py), so this is no news.
+            warnings.filterwarnings("ignore", "Adapter .* was active which is now deleted")
+            pipe.transformer.delete_adapters([adapter])
     for encoder in _text_encoders(pipe).values():
         text_encoders.delete(encoder, adapter)
 
