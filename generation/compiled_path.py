@@ -46,13 +46,17 @@ def build_compiled_path(
     description: str = "bf16, compiled, LoRAs in slots",
     lora_multiplier: float = 1.0,
     park: Callable[[str], float] | None = None,
+    slot_dtype: torch.dtype | None = None,
 ) -> ExecutionPath:
     """Slots, compile, warm-up on `models`' transformers; the path over them. `backend` is torch.compile's
     (tests use "eager": the guards, and so recompiles, are the same for every backend). `park` brings a model's
-    weights onto the GPU when the residency plan keeps them in host memory (generation/placement.py)."""
+    weights onto the GPU when the residency plan keeps them in host memory (generation/placement.py);
+    `slot_dtype` is the LoRA slots' dtype, by default the transformer's (fp8 transformers pass bf16)."""
     adapters = HotswapAdapterManager(models)
-    adapters.prepare(MODELS, max_rank=max_rank, dtype=torch.bfloat16 if name == "fp8" else None)
     for model in MODELS:
+        if park is not None:
+            park(model)  # on the GPU while its slots are made: they are made where its weights are
+        adapters.prepare((model,), max_rank=max_rank, dtype=slot_dtype)
         models.transformer(model).compile_repeated_blocks(fullgraph=True, dynamic=True, backend=backend)
     path = ExecutionPath(name, models, adapters, lora_multiplier, True, description, park)  # type: ignore[arg-type]
     with stage(f"Warming up the {name} path"):

@@ -61,9 +61,7 @@ def make_fp8_models(plain: FluxModels, placement: WeightPlacement | None = None)
     so one the plan keeps in host memory leaves the GPU before the next is made."""
     transformers = {}
     with stage("Making the fp8 transformers"):
-        for model in MODELS:
-            if placement is not None:
-                placement.ensure(model, "bf16")  # its bf16 weights on the GPU: the copy is made there
+        for model in MODELS:  # every plan that serves fp8 keeps the bf16 transformers on the GPU: made there
             transformers[model] = fp8_transformer(plain.transformer(model))
             if placement is not None:
                 placement.register(model, "fp8", transformers[model])
@@ -112,6 +110,8 @@ def try_build_fp8_path(
     except Exception as error:  # noqa: BLE001 - any failure of an optional path falls back, with its traceback
         logger.exception("go_fast: building the fp8 path failed; go_fast requests will run the default path")
         reason = f"the fp8 path could not be built at setup ({error.__class__.__name__}: {error})"
+    if placement is not None:
+        placement.forget("fp8")
     _release_gpu_memory()  # outside `except`: the traceback no longer holds the half-built models
     return None, reason
 
@@ -127,6 +127,7 @@ def build_fp8_path(
         description=DESCRIPTION,
         lora_multiplier=GO_FAST_LORA_MULTIPLIER,
         park=park,
+        slot_dtype=torch.bfloat16,  # LoRAs compute in bf16 beside the fp8 weights
     )
 
 

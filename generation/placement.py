@@ -66,9 +66,16 @@ class WeightPlacement:
         memory, or pinning it when it was loaded on the CPU)."""
         if not self.on_host(model, precision):
             return
-        parked = ParkedModule(transformer, self.device)
+        # Base weights never change (LoRAs live in their own layers), so after the first park only the LoRA
+        # layers are copied back to host memory: a swap costs the copy onto the GPU, as the plan counts it.
+        parked = ParkedModule(transformer, self.device, read_only=lambda name: ".lora_" not in name)
         parked.park()
         self._modules[(model, precision)] = parked
+
+    def forget(self, precision: Precision) -> None:
+        """Let go of every transformer of `precision` (a path whose build failed: its host copies are freed)."""
+        for key in [key for key in self._modules if key[1] == precision]:
+            del self._modules[key]
 
     def ensure(self, model: str, precision: Precision) -> float:
         """`model`'s transformer of `precision` on the GPU, the other model's sent back first; seconds spent."""

@@ -486,16 +486,20 @@ def measure_copy_rate(device: str | torch.device, nbytes: int = COPY_RATE_SAMPLE
     return nbytes / best
 
 
+HOST_ALIGNMENT = 512  # bytes between host copies in one block: every dtype's alignment, and DMA-friendly
+
+
 class ParkedModule:
     """Moves a module's parameters and buffers between `device` and host memory, in place.
 
     Only the tensors' storage moves (`tensor.data`, or the inner tensors of a wrapper subclass such as torchao's
     Float8Tensor): the module, its Parameter and buffer objects, and whatever holds them (a compiled graph, peft's
-    LoRA layers, the pipeline) stay the same. Host copies are allocated on the first `park()`, pinned when the
-    device is CUDA (so copies are asynchronous DMA at full bus rate), and kept: the module's host memory is
-    permanent. Tensors for which `read_only(name)` is true (base weights: nothing is ever fused into them) are
-    not copied back after the first park, since their host copy is still exact; everything else is. It starts
-    unparked wherever the module is: `park()` a module loaded on the CPU to have it wait in pinned memory."""
+    LoRA layers, the pipeline) stay the same. Host copies are allocated on the first `park()`, as views into one
+    block of host memory, pinned when the device is CUDA (so copies are asynchronous DMA at full bus rate), and
+    kept while the module has the tensor. Tensors for which `read_only(name)` is true (base weights: nothing is
+    ever fused into them) are not copied back after the first park, since their host copy is still exact;
+    everything else is. It starts unparked wherever the module is: `park()` a module loaded on the CPU to have it
+    wait in pinned memory."""
 
     def __init__(
         self,
@@ -515,21 +519,18 @@ class ParkedModule:
         if self.parked:
             return Transfer(0, 0.0)
         start, copied, moves = time.perf_counter(), 0, []
-        for key, name, owner, attribute in self._places():
-            current = _get(owner, attribute)
-            host = self._host.get(key)
-            if host is None:
-                host = self._host[key] = torch.empty(current.shape, dtype=current.dtype, pin_memory=self._pin)
-                copy = True
-            else:
-                copy = not self.read_only(name)
-            if copy:
-                host.copy_(current, non_blocking=True)
-                copied += host.numel() * host.element_size()
-            moves.append((owner, attribute, host))
-        _synchronize(self.device)  # the host copies must be complete before the device tensors are let go
-        for owner, attribute, host in moves:
-            _set(owner, attribute, host)
+        places = self._current_places()
+        new = self._allocate([(key, _get(owner, attribute)) for key, _, owner, attribute in places])
+        with torch.inference_mode(False):  # plain tensors whatever mode the caller is in (peft sets requires_grad)
+            for key, name, owner, attribute in places:
+                host = self._host[key]
+                if key in new or not self.read_only(name):
+                    host.copy_(_get(owner, attribute), non_blocking=True)
+                    copied += host.numel() * host.element_size()
+                moves.append((owner, attribute, host))
+            _synchronize(self.device)  # the host copies must be complete before the device tensors are let go
+            for owner, attribute, host in moves:
+                _set(owner, attribute, host)
         self.parked = True
         return Transfer(copied, time.perf_counter() - start)
 
@@ -538,17 +539,46 @@ class ParkedModule:
         if not self.parked:
             return Transfer(0, 0.0)
         start, copied, moves = time.perf_counter(), 0, []
-        for key, _, owner, attribute in self._places():
-            # A tensor added while parked (the compiled path's LoRA slots are made where the weights are) lives
-            # in host memory already: it is its own host copy from now on.
-            host = self._host.setdefault(key, _get(owner, attribute))
-            moves.append((owner, attribute, host.to(self.device, non_blocking=True, copy=True)))
-            copied += host.numel() * host.element_size()
-        _synchronize(self.device)
-        for owner, attribute, tensor in moves:
-            _set(owner, attribute, tensor)
+        places = self._current_places()
+        # A tensor added while parked has no host copy yet: one in host memory gets one now (pinned); one made on
+        # the device (peft makes LoRA layers where the weight says it is) stays where it is.
+        added = [(key, _get(owner, attribute)) for key, _, owner, attribute in places if key not in self._host]
+        for key in self._allocate([(key, tensor) for key, tensor in added if tensor.device.type == "cpu"]):
+            self._host[key].copy_(dict(added)[key])
+        with torch.inference_mode(False):
+            for key, _, owner, attribute in places:
+                if key in self._host:
+                    host = self._host[key]
+                    moves.append((owner, attribute, host.to(self.device, non_blocking=True, copy=True)))
+                    copied += host.numel() * host.element_size()
+            _synchronize(self.device)
+            for owner, attribute, tensor in moves:
+                _set(owner, attribute, tensor)
         self.parked = False
         return Transfer(copied, time.perf_counter() - start)
+
+    def _current_places(self) -> list[tuple[str, str, torch.Tensor, str | None]]:
+        """The module's tensors now; host copies of tensors it no longer has (a removed LoRA adapter) are let go,
+        so its host memory does not grow with every adapter it ever held."""
+        places = list(self._places())
+        keys = {key for key, *_ in places}
+        for key in [key for key in self._host if key not in keys]:
+            del self._host[key]
+        return places
+
+    def _allocate(self, tensors: list[tuple[str, torch.Tensor]]) -> set[str]:
+        """Host copies for the keys that have none, as views into ONE pinned block: the CUDA host allocator rounds
+        each pinned allocation up to a power of two, which would cost FLUX's weights about 1.4x their size."""
+        wanted = [(key, tensor) for key, tensor in tensors if key not in self._host]
+        offsets, total = [], 0
+        for _, tensor in wanted:
+            offsets.append(total)
+            total += -(-tensor.numel() * tensor.element_size() // HOST_ALIGNMENT) * HOST_ALIGNMENT
+        block = torch.empty(total, dtype=torch.uint8, pin_memory=self._pin)
+        for (key, tensor), offset in zip(wanted, offsets, strict=True):
+            nbytes = tensor.numel() * tensor.element_size()
+            self._host[key] = block[offset : offset + nbytes].view(tensor.dtype).view(tensor.shape)
+        return {key for key, _ in wanted}
 
     @property
     def _pin(self) -> bool:

@@ -85,6 +85,9 @@ class GenerationService:
                     folders[SAFETY_CHECKER.name], folders[NSFW_CLASSIFIER.name], settings.device, settings.dtype
                 )
             paths = build_paths(models, config, times, placement)
+        logger.info(
+            "Setup split (s): %s", ", ".join(f"{name} {seconds:.2f}" for name, seconds in times.seconds.items())
+        )
         return cls(settings, safety, LoraStage(fetcher, paths), times.seconds)
 
     def generate(self, request: GenerationRequest, cancel: CancelFlag | None = None) -> GenerationResult:

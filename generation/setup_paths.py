@@ -30,10 +30,11 @@ from .placement import WeightPlacement
 
 logger = logging.getLogger(__name__)
 
-# One attention call of FLUX.1 at 1024x1024: 4096 image tokens + 512 T5 tokens, 24 heads of 128. On a CPU (only
-# with FLUX_COMPILE=on) a call that size takes seconds per backend, so a short sequence stands in there.
-FLUX_1MP_ATTENTION = {"seq_len": 4096 + 512, "heads": 24, "head_dim": 128, "repeats": 10}
-CPU_ATTENTION = {"seq_len": 256, "heads": 24, "head_dim": 128, "repeats": 3}
+# One attention call of FLUX.1 at 1024x1024. On a CPU (only with FLUX_COMPILE=on) a call that size takes seconds
+# per backend, so a short sequence stands in there.
+FLUX_HEADS = {"heads": attention.FLUX_HEADS, "head_dim": attention.FLUX_HEAD_DIM}
+FLUX_1MP_ATTENTION = {"seq_len": attention.FLUX_SEQ_LEN_1MP, **FLUX_HEADS, "repeats": 10}
+CPU_ATTENTION = {"seq_len": 256, **FLUX_HEADS, "repeats": 3}
 
 
 def plain_path(models: FluxModels, placement: WeightPlacement | None = None) -> ExecutionPath:
@@ -78,10 +79,23 @@ def build_paths(
                 placement=placement,
             )
     with times.stage("compile_bf16", "Building the compiled bf16 path"):
-        compiled = build_compiled_path(models, park=_parker(placement, "bf16"))
+        compiled, compiled_reason = _try_build_compiled(models, placement)
     for path in (fp8, compiled):
         for key, seconds in path.setup_seconds.items() if path else ():
             times.add(f"{path.name}_{key}", seconds)  # of which: compiling (first calls) and the other sizes
     with times.stage("compile_cache_save", "Saving the compile cache"):
         compile_settings.save_cache_artifacts(config.compile_cache_dir)
-    return ExecutionPaths(plain, compiled, fp8, unavailable={"fp8": fp8_reason} if fp8_reason else None)
+    unavailable = {"fp8": fp8_reason, "compiled": compiled_reason}
+    return ExecutionPaths(plain, compiled, fp8, {name: why for name, why in unavailable.items() if why})
+
+
+def _try_build_compiled(
+    models: FluxModels, placement: WeightPlacement | None
+) -> tuple[ExecutionPath | None, str | None]:
+    """The compiled bf16 path, or None and why: a failure to compile (a backend that cannot be traced, say) must
+    leave a server that runs, on the plain path over the same modules, which runs them uncompiled anyway."""
+    try:
+        return build_compiled_path(models, park=_parker(placement, "bf16")), None
+    except Exception as error:  # noqa: BLE001 - any failure of the optional path falls back, with its traceback
+        logger.exception("Building the compiled bf16 path failed; requests will run the plain path")
+        return None, f"the compiled path could not be built at setup ({error.__class__.__name__}: {error})"
