@@ -1,5 +1,5 @@
-"""script/soak's code path, short: 20 predictions over HTTP on the tiny weights, cycling models, modes, sizes,
-formats, LoRA sources and scales (the plan's first 20 already use every model, mode and source, and two LoRAs at
+"""script/soak's code path, short: 16 predictions over HTTP on the tiny weights, cycling models, modes, sizes,
+formats, LoRA sources and scales (the plan's first 16 already use every model, mode and source, and two LoRAs at
 once); the same targets as the full soak except RSS growth, which a run this short cannot judge (it is printed,
 marked so). The full run (300 predictions, RSS included) is `script/soak`."""
 
@@ -52,7 +52,7 @@ def test_defaults_run_at_any_length_and_rss_is_judged_only_after_a_real_warm_up(
 
 
 def test_a_short_soak_meets_the_targets(tiny_weights, tmp_path, capsys):
-    report = soak.run_soak(20, 6, tiny_weights, tmp_path, progress=lambda line: None)
+    report = soak.run_soak(16, 4, tiny_weights, tmp_path, progress=lambda line: None)
     soak.print_report(report)
     with capsys.disabled():
         print(f"\nshort soak: RSS {report.rss_mb} (growth {report.rss_growth_after_warmup:+.1%}, not judged)")
