@@ -62,7 +62,7 @@ def build_paths(
         return ExecutionPaths(plain, unavailable={"compiled": why, "fp8": fp8_reason or f"go_fast is compiled; {why}"})
     compile_settings.configure_compile_cache(config.compile_cache_dir)
     with times.stage("compile_cache_load", "Loading the compile cache"):
-        compile_settings.load_cache_artifacts(config.compile_cache_dir)
+        logger.info("%s", compile_settings.load_cache_artifacts(config.compile_cache_dir).log_line())
     compile_settings.choose_inductor_settings()
     with times.stage("attention", "Choosing the attention backend"):
         dtype = models.transformer("dev").dtype
@@ -84,7 +84,7 @@ def build_paths(
         for key, seconds in path.setup_seconds.items() if path else ():
             times.add(f"{path.name}_{key}", seconds)  # of which: compiling (first calls) and the other sizes
     with times.stage("compile_cache_save", "Saving the compile cache"):
-        compile_settings.save_cache_artifacts(config.compile_cache_dir)
+        logger.info("%s", compile_settings.save_cache_artifacts(config.compile_cache_dir).log_line())
     unavailable = {"fp8": fp8_reason, "compiled": compiled_reason}
     return ExecutionPaths(plain, compiled, fp8, {name: why for name, why in unavailable.items() if why})
 
