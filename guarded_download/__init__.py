@@ -50,6 +50,7 @@ from .errors import (
     TooManyRedirects,
     TooSlow,
     UndecodableBody,
+    UnknownHost,
     UnusableAnswer,
 )
 from .limits import SizeLimit, format_size
@@ -87,6 +88,7 @@ __all__ = [
     "TooManyRedirects",
     "TooSlow",
     "UndecodableBody",
+    "UnknownHost",
     "UnusableAnswer",
     "bearer",
     "check_url",

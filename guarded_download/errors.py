@@ -8,8 +8,9 @@ which setting an operator changes.
     │   ├── MalformedURL          a host or port no request can use (`urls.check_url`)
     │   └── AddressRefused        the host is, or resolves to, a refused address (loopback, private,
     │                             link-local / cloud metadata, reserved), checked again on every redirect
-    ├── ResolutionFailed          the host name does not resolve (the transport retries this as a connect
-    │                             error; `AddressPolicy.check` raises it directly)
+    ├── ResolutionFailed          the host name does not resolve for now (the transport retries this as a
+    │   │                         connect error; `AddressPolicy.check` raises it directly)
+    │   └── UnknownHost           DNS says the name does not exist (NXDOMAIN): a typo no retry fixes
     ├── TooLarge                  announced or received size above the `SizeLimit`; nothing is kept
     ├── TooSlow                   the download would hold the server too long (`pace`); not retried
     │   ├── BelowMinimumRate      fewer bytes over a window than the minimum rate asks
@@ -68,6 +69,17 @@ class AddressRefused(Refused):
 
 class ResolutionFailed(DownloadError):
     """The host name did not resolve (perhaps only for now)."""
+
+
+class UnknownHost(ResolutionFailed):
+    """DNS answered that the name does not exist, or has no address: raised at once, never retried, since
+    waiting changes nothing for a mistyped host (a resolver that cannot answer for now is `ResolutionFailed`)."""
+
+    def __init__(self, subject: str, host: str) -> None:
+        self.host = host
+        super().__init__(
+            f"Cannot download {subject} from {host}: no such host (DNS does not know the name). Check the URL."
+        )
 
 
 class TooLarge(DownloadError):

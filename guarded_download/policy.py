@@ -21,7 +21,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .errors import AddressRefused, ResolutionFailed, SchemeRefused
+from .errors import AddressRefused, ResolutionFailed, SchemeRefused, UnknownHost
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
@@ -29,6 +29,14 @@ Resolver = Callable[[str, int], list[str]]
 # Names that are metadata endpoints whatever they resolve to (GCP answers on a public-looking name too).
 METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata", "instance-data"})
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# getaddrinfo's answers that mean the name does not exist or has no address (NXDOMAIN, NODATA); any other
+# failure (EAI_AGAIN: the resolver could not answer for now) may pass and is retried.
+_NO_SUCH_NAME = frozenset(code for code in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None)) if code is not None)
+
+
+def no_such_name(error: BaseException) -> bool:
+    """Whether `error` is the resolver saying the name does not exist (not that it could not answer)."""
+    return isinstance(error, socket.gaierror) and error.errno in _NO_SUCH_NAME
 
 
 def resolve(host: str, port: int) -> list[str]:
@@ -97,6 +105,8 @@ class AddressPolicy:
         try:
             found = self.resolver(name, port)
         except (OSError, UnicodeError) as error:
+            if no_such_name(error):
+                raise UnknownHost(self.subject, name) from None
             raise ResolutionFailed(f"Cannot resolve the host {name} ({error}). Check the URL.") from None
         return [ipaddress.ip_address(a.split("%", 1)[0]) for a in found]
 

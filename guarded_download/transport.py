@@ -15,7 +15,8 @@ count toward its minimum rate, headers included, so a server cannot drip its hea
 
 `GuardedTransport` is an httpx2 transport over an httpcore2 connection pool with that backend, mapping
 httpcore2's errors to httpx2's like httpx2's own transport does, so retry code sees the usual
-`httpx2.TransportError` family; the pace's own errors (`TooSlow`) pass through as they are. Proxies are not
+`httpx2.TransportError` family; the pace's own errors (`TooSlow`) and the policy's final answers
+(`AddressRefused`, `UnknownHost`) pass through as they are. Proxies are not
 used: through a proxy the proxy resolves the name, and no check here could hold (the client is built with
 `trust_env=False`, see `client.make_client`).
 """
@@ -29,9 +30,9 @@ from collections.abc import Iterable, Iterator
 import httpcore2
 import httpx2
 
-from .errors import ResolutionFailed
+from .errors import ResolutionFailed, UnknownHost
 from .pace import running
-from .policy import AddressPolicy
+from .policy import AddressPolicy, no_such_name
 
 # Most specific first: the first match wins.
 _ERRORS: tuple[tuple[type[Exception], type[httpx2.TransportError]], ...] = (
@@ -79,9 +80,17 @@ class PinnedNetworkBackend(httpcore2.NetworkBackend):
         socket_options: Iterable | None = None,
     ) -> httpcore2.NetworkStream:
         if self.policy.allow_private:  # nothing to pin: let the system connect by name
-            return PacedStream(self._dial(host, port, timeout, local_address, socket_options))
+            try:
+                return PacedStream(self._dial(host, port, timeout, local_address, socket_options))
+            except httpcore2.ConnectError as error:
+                if no_such_name(error.__cause__):  # what the policy says when it resolves (below)
+                    raise UnknownHost(self.policy.subject, host) from None
+                raise
         try:
-            addresses = self.policy.addresses(host, port)  # AddressRefused when any of them is refused
+            # AddressRefused when any of them is refused, UnknownHost when the name does not exist: both final
+            addresses = self.policy.addresses(host, port)
+        except UnknownHost:
+            raise
         except ResolutionFailed as error:  # as when connecting by name: a connect error, retried
             raise httpcore2.ConnectError(str(error)) from error
         last_error: Exception | None = None

@@ -15,6 +15,7 @@ import io
 import ipaddress
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import tarfile
@@ -36,6 +37,7 @@ from guarded_download import (
     RetryPolicy,
     SizeLimit,
     Timeouts,
+    UnknownHost,
     download,
     make_client,
 )
@@ -148,6 +150,53 @@ def test_a_redirect_to_a_name_that_resolves_privately_is_refused(files: FakeServ
             fetch_url(client, f"http://files.example:{port}/lora.safetensors", tmp_path / "x")
     assert [r.path for r in files.requests] == ["/lora.safetensors"]
     assert backend.dialed == ["127.0.0.1"]
+
+
+class FailingResolver:
+    """A DNS answer that is an error: `errno` as getaddrinfo raises it (EAI_NONAME, EAI_AGAIN)."""
+
+    def __init__(self, errno: int) -> None:
+        self.errno, self.lookups = errno, 0
+
+    def __call__(self, name: str, port: int) -> list[str]:
+        self.lookups += 1
+        raise socket.gaierror(self.errno, "as the resolver says")
+
+
+class UnresolvingBackend(httpcore2.NetworkBackend):
+    """Connects by name as the system does, on a resolver that knows no name (the allow_private path)."""
+
+    def __init__(self, errno: int) -> None:
+        self.errno, self.dials = errno, 0
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        self.dials += 1
+        try:
+            raise socket.gaierror(self.errno, "as the resolver says")
+        except socket.gaierror as error:  # httpcore2's SyncBackend maps it like this
+            raise httpcore2.ConnectError(str(error)) from error
+
+
+@pytest.mark.parametrize("allow_private", [False, True], ids=["pinned", "by name"])
+def test_a_host_dns_does_not_know_fails_at_once_and_one_it_could_not_answer_is_retried(tmp_path, allow_private):
+    """NXDOMAIN is a typo no wait fixes: one lookup, no retry, the host named. A resolver that could not answer
+    for now (EAI_AGAIN) is a transient failure like a refused connection, tried again."""
+    sleeps: list[float] = []
+    retry = RetryPolicy(attempts=3, base_delay=0.01, sleep=sleeps.append)
+    for errno, retried in ((socket.EAI_NONAME, False), (socket.EAI_AGAIN, True)):
+        resolver, backend = FailingResolver(errno), UnresolvingBackend(errno)
+        policy = AddressPolicy(allow_private=allow_private, resolver=resolver, subject="a LoRA")
+        sleeps.clear()
+        with pinned_client(policy, backend) as client:
+            with pytest.raises(GaveUp if retried else UnknownHost) as caught:
+                download(client, "http://typo.example/x.safetensors", tmp_path / "x", headers={}, what="LoRA x",
+                         limit=SizeLimit(10**9, "the test limit."), retry=retry)  # fmt: skip
+        tries = backend.dials if allow_private else resolver.lookups
+        assert (tries, len(sleeps)) == ((3, 2) if retried else (1, 0))
+        if not retried:
+            assert str(caught.value) == (
+                "Cannot download a LoRA from typo.example: no such host (DNS does not know the name). Check the URL."
+            )
 
 
 @pytest.mark.parametrize(
