@@ -31,8 +31,9 @@ import cog.types
 from cog import BaseRunner, Input, Path
 
 from generation import input_urls
+from generation.base_weights import find_base_weights
 from generation.errors import UserInputError
-from generation.logs import configure_logging
+from generation.logs import StageTimes, configure_logging
 from generation.request import GenerationRequest, LoraChoice
 from serverconfig import ServerConfig
 
@@ -110,19 +111,22 @@ class Predictor(BaseRunner):
     """FLUX.1 [dev]/[schnell] with a LoRA chosen per request (`replicate_weights`) and an extra LoRA."""
 
     def setup(self, weights: Optional[str] = None) -> None:
-        # Imported here, not at the top: the schema generator (script/serve, script/predict) imports this module,
-        # and the service's imports (torch, diffusers) would add seconds to every schema build.
-        from generation.gpu_queue import GpuQueue
-        from generation.service import GenerationService
-
         configure_logging()
         # Cog passes COG_WEIGHTS as a raw string; it is the default main LoRA when a request names none.
         self.default_lora = str(weights) if weights else None
         config = ServerConfig.from_env()  # every setting, read once; a bad value fails setup naming its variable
+        times = StageTimes()
+        folders = find_base_weights(config, times)  # before the heavy imports: a missing model fails in a second
+
+        # Imported here, not at the top: the schema generator (script/serve, script/predict) imports this module,
+        # and the service's imports (torch's compiler, diffusers, peft) would add seconds to every schema build.
+        from generation.gpu_queue import GpuQueue
+        from generation.service import GenerationService
+
         # Cog downloads image/mask URLs before run() runs, with no address check or size cap of its own; from
         # here on they download under the configured address policy, timeouts and the input-image cap.
         input_urls.install(cog.types, config)
-        self.service = GenerationService.from_config(config)
+        self.service = GenerationService.from_config(config, folders, times)
         self.gpu = GpuQueue(self.service)
         if self.default_lora:
             self.service.loras.preload(self.default_lora)

@@ -33,6 +33,7 @@ IGNORED_NOTICES = {
     "torchao": "Failed to load ",  # its mxfp8/cutlass kernels (not used: go_fast's fp8 runs torch._scaled_mm)
     "torch.utils._pytree": "<enum ",  # torchao registering enums the way torch is deprecating
     "diffusers.quantizers.torchao.torchao_quantizer": "Unable to import `torchao` Tensor objects",
+    "torchao.kernel.intmm": "Warning: Detected no triton",  # CPU builds only; its int8 kernels are not used
 }
 
 
@@ -113,19 +114,22 @@ def configure_logging(level: int = logging.INFO) -> None:
     root.setLevel(logging.WARNING)
     for name in ("generation", "weights", "lora_loader", "guarded_download", "predict", "__main__"):
         logging.getLogger(name).setLevel(level)
-    _quiet_libraries()
+    quiet_libraries()
     _tame_warnings()
 
 
-def _quiet_libraries() -> None:
-    """Loading bars and per-request INFO lines from libraries would bury the lines users need."""
-    import diffusers.utils.logging as diffusers_logging
-    import huggingface_hub.utils as hub_utils
-    import transformers.utils.logging as transformers_logging
+def quiet_libraries() -> None:
+    """Loading bars and per-request INFO lines from libraries would bury the lines users need.
 
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
+    Only libraries already imported are touched: importing diffusers here would cost setup seconds before the base
+    weights are even found (predict.py). transformers takes huggingface_hub's setting when it is imported later;
+    diffusers does not, so the service calls this again once it has imported it."""
+    import huggingface_hub.utils as hub_utils
+
     hub_utils.disable_progress_bars()
+    for name in ("diffusers.utils.logging", "transformers.utils.logging"):
+        if name in sys.modules:
+            sys.modules[name].disable_progress_bar()
     for name in ("httpx", "httpx2", "httpcore", "httpcore2"):
         logging.getLogger(name).setLevel(logging.WARNING)
 

@@ -15,19 +15,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image
 
 from lora_loader import LoraFetcher
 from serverconfig import ServerConfig
-from weights.download import ensure_weights
 from weights.layout import FLUX_DEV, FLUX_SCHNELL, NSFW_CLASSIFIER, SAFETY_CHECKER
 
 from . import execution, images
+from .base_weights import find_base_weights
 from .cancel import CancelFlag
 from .errors import UserInputError
 from .fp8_path import fp8_unavailable_reason
-from .logs import StageTimes, stage, step_logger
+from .logs import StageTimes, quiet_libraries, stage, step_logger
 from .loras import FetchedLoras, LoraStage
 from .outputs import OutputFolders
 from .pipelines import FluxModels
@@ -61,16 +62,23 @@ class GenerationService:
         self.outputs = OutputFolders(settings.output_dir)
 
     @classmethod
-    def from_config(cls, config: ServerConfig) -> GenerationService:
+    def from_config(
+        cls, config: ServerConfig, folders: dict[str, Path] | None = None, times: StageTimes | None = None
+    ) -> GenerationService:
         """Load everything `config` names: base weights (found or downloaded), models, the execution paths
-        this device can run (generation/setup_paths.py), the LoRA fetcher."""
+        this device can run (generation/setup_paths.py), the LoRA fetcher.
+
+        `folders` are base weights already found by `find_base_weights` (predict.py finds them before importing
+        this module, so a missing or gated model is reported in a second), with `times` holding how long it took.
+        """
+        quiet_libraries()  # diffusers' loading bars: it was not imported yet when predict.py configured logging
         settings = Settings.from_config(config)
         logger.info("Device %s, dtype %s, weights in %s", settings.device, settings.dtype, settings.weights_dir)
         fetcher = LoraFetcher(config)
-        times = StageTimes()
+        times = times or StageTimes()
         with stage("Setup"):
-            with times.stage("weights_find", "Finding base weights"):
-                folders = ensure_weights(config)
+            if folders is None:
+                folders = find_base_weights(config, times)
             with times.stage("residency", "Planning GPU memory"):
                 placement = WeightPlacement.for_device(
                     settings.weights_dir, settings.device, fp8_wanted=fp8_unavailable_reason(settings.device) is None
