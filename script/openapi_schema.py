@@ -20,6 +20,12 @@ Usage (from any directory):
     python script/openapi_schema.py                       # the `run:` target of cog.yaml -> .cog/openapi_schema.json
     python script/openapi_schema.py --target predict.py:TrainedPredictor --output /tmp/trained.json
     python script/openapi_schema.py --check               # exit 1, with a diff, when the file is stale
+    python script/openapi_schema.py --target T --output F --if-stale   # rebuild only when F's stamp is stale
+
+Beside every schema it writes, a stamp (`openapi_schema.source-sha256`: the predictor file's sha256 and the target)
+says what it was built from. script/predict and script/serve trust a schema whose stamp matches and rebuild one
+whose stamp does not: by content, since file times say nothing after a `git clone` (which writes predict.py after
+.cog/, so it always looks newer). tests/test_schema.py keeps the committed stamp true.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import hashlib
 import json
 import sys
 import warnings
@@ -38,6 +45,29 @@ DEFAULT_OUTPUT = REPO_ROOT / ".cog" / "openapi_schema.json"
 
 _REF = "#/components/schemas/"
 _JSON = "application/json"
+
+
+def stamp_path(schema_path: Path) -> Path:
+    return schema_path.with_name("openapi_schema.source-sha256")
+
+
+def source_stamp(target: str) -> str:
+    """What a schema built now for `target` is built from: its file's sha256, then the target."""
+    digest = hashlib.sha256((REPO_ROOT / target.partition(":")[0]).read_bytes()).hexdigest()
+    return f"{digest}  {target}\n"
+
+
+def is_current(schema_path: Path, target: str) -> bool:
+    """Whether `schema_path` exists and its stamp says it was built from `target` as the file is now."""
+    stamp = stamp_path(schema_path)
+    return schema_path.is_file() and stamp.is_file() and stamp.read_text() == source_stamp(target)
+
+
+def write_schema(path: Path, target: str) -> None:
+    """The schema for `target` written to `path`, then its stamp (so a half-written pair is rebuilt next time)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(build_schema(target)))
+    stamp_path(path).write_text(source_stamp(target))
 
 
 def default_target() -> str:
@@ -266,32 +296,36 @@ def main(argv: list[str] | None = None) -> int:
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--output", type=Path, help="file to write (default: .cog/openapi_schema.json)")
     action.add_argument("--check", action="store_true", help="write nothing; exit 1 if the file on disk differs")
+    parser.add_argument("--if-stale", action="store_true", help="write only when the output's stamp is stale")
     args = parser.parse_args(argv)
 
     target = args.target or default_target()
-    text = render(build_schema(target))
-
     if args.check:
-        path = DEFAULT_OUTPUT
-        current = path.read_text() if path.exists() else ""
-        if current == text:
-            print(f"{path} is up to date with {target}")
-            return 0
-        diff = difflib.unified_diff(
-            current.splitlines(keepends=True),
-            text.splitlines(keepends=True),
-            fromfile=f"{path} (on disk)",
-            tofile=f"{path} (generated from {target})",
-        )
-        sys.stdout.writelines(diff)
-        print(f"\n{path} is stale: run `python script/openapi_schema.py` and commit the result.", file=sys.stderr)
-        return 1
-
+        return check(DEFAULT_OUTPUT, target)
     path = args.output or DEFAULT_OUTPUT
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    print(f"wrote {path} ({target})")
+    if not (args.if_stale and is_current(path, target)):
+        write_schema(path, target)
+        print(f"wrote {path} ({target})")
     return 0
+
+
+def check(path: Path, target: str) -> int:
+    """0 when `path` and its stamp are what `target` gives now; else 1, with a diff of the schema."""
+    text = render(build_schema(target))
+    current = path.read_text() if path.exists() else ""
+    if current == text and is_current(path, target):
+        print(f"{path} is up to date with {target}")
+        return 0
+    diff = difflib.unified_diff(
+        current.splitlines(keepends=True),
+        text.splitlines(keepends=True),
+        fromfile=f"{path} (on disk)",
+        tofile=f"{path} (generated from {target})",
+    )
+    sys.stdout.writelines(diff)
+    what = "is stale" if current != text else "is right but its stamp is stale"
+    print(f"\n{path} {what}: run `python script/openapi_schema.py` and commit the result.", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -190,6 +191,28 @@ def test_committed_openapi_schema_is_up_to_date(schemas):
         ".cog/openapi_schema.json is stale: run `python script/openapi_schema.py` (the Cog server validates "
         "requests against this file)"
     )
+    assert generator.is_current(COMMITTED_SCHEMA, "predict.py:Predictor"), (
+        ".cog/openapi_schema.source-sha256 is stale: run `python script/openapi_schema.py` (script/predict and "
+        "script/serve rebuild the schema on every start while it is)"
+    )
+
+
+def test_a_schema_is_rebuilt_by_its_stamp_not_by_file_times(schemas, tmp_path, monkeypatch):
+    """`--if-stale` (script/serve) and script/predict trust a schema whose stamp matches predict.py's content, however
+    old the file looks (a git clone writes predict.py after .cog/), and rebuild one whose stamp does not."""
+    monkeypatch.setattr(generator, "build_schema", lambda target: schemas["Predictor"])
+    schema, args = tmp_path / "openapi_schema.json", ["--target", "predict.py:Predictor", "--if-stale"]
+    assert generator.main([*args, "--output", str(schema)]) == 0
+    assert schema.read_text() == COMMITTED_SCHEMA.read_text()
+    assert generator.stamp_path(schema).read_text() == generator.stamp_path(COMMITTED_SCHEMA).read_text()
+
+    schema.write_text("kept")
+    os.utime(schema, (0, 0))  # older than predict.py: times do not matter
+    assert generator.main([*args, "--output", str(schema)]) == 0 and schema.read_text() == "kept"
+
+    generator.stamp_path(schema).write_text("0" * 64 + "  predict.py:Predictor\n")  # built from another predict.py
+    assert generator.main([*args, "--output", str(schema)]) == 0
+    assert schema.read_text() == COMMITTED_SCHEMA.read_text()
 
 
 def test_generator_check_works_from_another_directory(tmp_path):
