@@ -4,6 +4,9 @@ and the fake LoRA sites on loopback (module)."""
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,12 +14,38 @@ import pytest
 
 from generation.service import GenerationService
 from serverconfig import ServerConfig
+from testkit.background import BackgroundRun
 from testkit.cog_server import CogServer
 from testkit.fakes.lora_servers import FakeCivitai, FakeReplicate, FakeServer
 from testkit.lora_sites import LoraSites
 from testkit.tiny_weights import write_tiny_weights
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+GPU_CHECK_DRY = pytest.StashKey[BackgroundRun]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """script/gpu-check --dry (half a minute of CPU, sharing nothing with other tests) starts now when a selected
+    test needs it, at the lowest CPU priority, on the core the rest of the suite leaves idle (testkit/background.py)."""
+    if session.config.option.collectonly:
+        return
+    if any("gpu_check_dry_run" in getattr(item, "fixturenames", ()) for item in session.items):
+        folder = Path(tempfile.mkdtemp(prefix="gpu-check-dry-"))
+        command = [sys.executable, REPO_ROOT / "script/gpu_check.py", "--dry", "--repeats", "1", "--repeats-4", "1"]
+        session.config.stash[GPU_CHECK_DRY] = BackgroundRun([*command, "--out", folder / "report.json"], folder)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    run = session.config.stash.get(GPU_CHECK_DRY, None)
+    if run is not None:
+        run.stop()
+        shutil.rmtree(run.stdout_path.parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def gpu_check_dry_run(request) -> BackgroundRun:
+    """The script/gpu-check --dry run started with the session; `wait()` for it."""
+    return request.config.stash[GPU_CHECK_DRY]
 
 
 @pytest.fixture(scope="session")

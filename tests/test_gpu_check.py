@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 
 import pytest
@@ -18,11 +17,11 @@ import gpu_check  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def dry_report(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gpu-check") / "report.json"
-    command = [sys.executable, REPO_ROOT / "script/gpu_check.py", "--dry", "--repeats", "1", "--repeats-4", "1"]
-    result = subprocess.run([*command, "--out", out], capture_output=True, text=True, timeout=900)
+def dry_report(gpu_check_dry_run):
+    """The report of `script/gpu_check.py --dry --repeats 1 --repeats-4 1`, started with the session (conftest)."""
+    result = gpu_check_dry_run.wait(timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
+    out = gpu_check_dry_run.stdout_path.parent / "report.json"
     assert result.stdout.strip().endswith(str(out))
     return json.loads(out.read_text())
 
