@@ -1,7 +1,7 @@
 """A long CPU-bound command started early, at the lowest CPU priority, for a test that needs its result later.
 
 The suite keeps one of two cores busy on average (it waits on servers, sockets and subprocesses much of the time).
-A command that takes half a minute of CPU and shares nothing with other tests (script/gpu-check --dry) starts when
+A command that takes many seconds of CPU and shares nothing with other tests (script/gpu-check --dry) starts when
 the session starts and runs on what the other tests leave idle; at nice 19 it takes almost nothing from them
 when both cores are busy. The test that needs it then waits only for what is left.
 """
@@ -19,7 +19,7 @@ class BackgroundRun:
 
     def __init__(self, command: Sequence[str | os.PathLike], folder: Path, env: dict[str, str] | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        self.command = [str(part) for part in command]
+        self.command, self.folder = [str(part) for part in command], folder
         self.stdout_path, self.stderr_path = folder / "stdout", folder / "stderr"
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.process = subprocess.Popen(["nice", "-n", "19", *self.command], stdout=out, stderr=err, env=env)

@@ -21,31 +21,50 @@ from testkit.lora_sites import LoraSites
 from testkit.tiny_weights import write_tiny_weights
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-GPU_CHECK_DRY = pytest.StashKey[BackgroundRun]()
+BACKGROUND_RUNS = pytest.StashKey[dict[str, BackgroundRun]]()
+
+# Commands of ten seconds or more of CPU that share nothing with other tests, by the fixture that gives each: they
+# start when the session does, if a selected test uses that fixture, at the lowest CPU priority on the core the rest
+# of the suite leaves idle (testkit/background.py). Each writes its outputs into its own folder.
+BACKGROUND_COMMANDS = {
+    "gpu_check_dry_run": lambda folder: [
+        *(sys.executable, REPO_ROOT / "script/gpu_check.py", "--dry", "--repeats", "1", "--repeats-4", "1"),
+        *("--out", folder / "report.json"),
+    ],
+    "lora_bench_run": lambda folder: [
+        *(sys.executable, REPO_ROOT / "script/bench.py", "lora", "--tiny", "--repeats", "1"),
+        *("--json", folder / "bench.json"),
+    ],
+}
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """script/gpu-check --dry (half a minute of CPU, sharing nothing with other tests) starts now when a selected
-    test needs it, at the lowest CPU priority, on the core the rest of the suite leaves idle (testkit/background.py)."""
+    runs = session.config.stash.setdefault(BACKGROUND_RUNS, {})
     if session.config.option.collectonly:
         return
-    if any("gpu_check_dry_run" in getattr(item, "fixturenames", ()) for item in session.items):
-        folder = Path(tempfile.mkdtemp(prefix="gpu-check-dry-"))
-        command = [sys.executable, REPO_ROOT / "script/gpu_check.py", "--dry", "--repeats", "1", "--repeats-4", "1"]
-        session.config.stash[GPU_CHECK_DRY] = BackgroundRun([*command, "--out", folder / "report.json"], folder)
+    wanted = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    for name, command in BACKGROUND_COMMANDS.items():
+        if name in wanted:
+            folder = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+            runs[name] = BackgroundRun(command(folder), folder)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    run = session.config.stash.get(GPU_CHECK_DRY, None)
-    if run is not None:
+    for run in session.config.stash.get(BACKGROUND_RUNS, {}).values():
         run.stop()
-        shutil.rmtree(run.stdout_path.parent, ignore_errors=True)
+        shutil.rmtree(run.folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def gpu_check_dry_run(request) -> BackgroundRun:
-    """The script/gpu-check --dry run started with the session; `wait()` for it."""
-    return request.config.stash[GPU_CHECK_DRY]
+    """`script/gpu_check.py --dry --repeats 1 --repeats-4 1`, started with the session; `wait()` for it."""
+    return request.config.stash[BACKGROUND_RUNS]["gpu_check_dry_run"]
+
+
+@pytest.fixture(scope="session")
+def lora_bench_run(request) -> BackgroundRun:
+    """`script/bench.py lora --tiny --repeats 1`, started with the session; `wait()` for it."""
+    return request.config.stash[BACKGROUND_RUNS]["lora_bench_run"]
 
 
 @pytest.fixture(scope="session")

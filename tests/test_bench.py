@@ -5,7 +5,6 @@ tests/test_gpu_check.py)."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 from testkit.cog_server import REPO_ROOT
@@ -15,16 +14,11 @@ sys.path.insert(0, str(REPO_ROOT / "script"))
 import bench_generation  # noqa: E402
 
 
-def test_lora_bench_runs_at_tiny_size(tmp_path):
-    out = tmp_path / "bench.json"
-    result = subprocess.run(
-        [sys.executable, REPO_ROOT / "script/bench.py", "lora", "--tiny", "--repeats", "1", "--json", out],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def test_lora_bench_runs_at_tiny_size(lora_bench_run):
+    """`script/bench.py lora --tiny --repeats 1`, started with the session (conftest)."""
+    result = lora_bench_run.wait(timeout=300)
     assert result.returncode == 0, result.stderr
-    timings = json.loads(out.read_text())["median_seconds"]
+    timings = json.loads((lora_bench_run.folder / "bench.json").read_text())["median_seconds"]
     assert len(timings) == 5 and all(seconds > 0 for seconds in timings.values())
     assert "re-scale an attached LoRA" in result.stdout
 

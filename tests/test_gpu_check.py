@@ -21,7 +21,7 @@ def dry_report(gpu_check_dry_run):
     """The report of `script/gpu_check.py --dry --repeats 1 --repeats-4 1`, started with the session (conftest)."""
     result = gpu_check_dry_run.wait(timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
-    out = gpu_check_dry_run.stdout_path.parent / "report.json"
+    out = gpu_check_dry_run.folder / "report.json"
     assert result.stdout.strip().endswith(str(out))
     return json.loads(out.read_text())
 
