@@ -17,12 +17,12 @@ from pathlib import Path
 class BackgroundRun:
     """`command` running now at nice 19, stdout and stderr in files under `folder`."""
 
-    def __init__(self, command: Sequence[str | os.PathLike], folder: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, command: Sequence[str | os.PathLike], folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.command, self.folder = [str(part) for part in command], folder
         self.stdout_path, self.stderr_path = folder / "stdout", folder / "stderr"
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
-            self.process = subprocess.Popen(["nice", "-n", "19", *self.command], stdout=out, stderr=err, env=env)
+            self.process = subprocess.Popen(["nice", "-n", "19", *self.command], stdout=out, stderr=err)
 
     def wait(self, timeout: float) -> subprocess.CompletedProcess:
         """The finished command, as `subprocess.run(..., capture_output=True, text=True)` gives it."""
